@@ -1,0 +1,2 @@
+//! stub
+pub fn run(_c: crate::config::DaemonConfig) -> anyhow::Result<()> { Ok(()) }

@@ -1,0 +1,65 @@
+//! easytier-probe: flags → `Config` → run; maps errors to exit statuses.
+
+mod backend;
+mod check_cmd;
+mod checker;
+mod clock;
+mod config;
+mod daemon;
+mod fetcher;
+mod logging;
+mod peer;
+mod probe;
+mod reporter;
+mod schedule;
+mod sdnotify;
+mod status;
+mod store;
+
+use std::process::ExitCode;
+
+use config::{Config, UsageError};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match config::parse_args(&args) {
+        Ok(cli) => cli,
+        Err((code, text)) => {
+            if code == 0 {
+                println!("{text}");
+            } else {
+                eprintln!("{text}");
+            }
+            return ExitCode::from(code as u8);
+        }
+    };
+    let config = match cli.into_config(&config::ProcessEnv) {
+        Ok(config) => config,
+        Err(UsageError(message)) => {
+            eprintln!("easytier-probe: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init();
+    let outcome = match config {
+        Config::Version => {
+            println!(
+                "easytier-probe {} (EasyTier {})",
+                env!("CARGO_PKG_VERSION"),
+                easytier::VERSION
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Config::Check(c) => check_cmd::run(c),
+        Config::Status(c) => status::run(c),
+        Config::Daemon(c) => daemon::run(*c).map(|()| ExitCode::SUCCESS),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            let code = if error.downcast_ref::<UsageError>().is_some() { 2 } else { 1 };
+            eprintln!("easytier-probe: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
