@@ -1,1 +1,241 @@
-//! stub
+//! The backend's HTTP API as the probe uses it: `GET /peers` and `PUT /nodes/status` over ureq.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Secret;
+use crate::peer::{self, Peer};
+
+/// Larger answers are refused rather than read into memory.
+pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// A backend that keeps saying "next batch" forever is cut off here.
+pub const MAX_PAGES: u32 = 1_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn user_agent() -> String {
+    format!("easytier-probe/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Why a request failed. Messages name headers, never their values.
+#[derive(Debug)]
+pub enum BackendError {
+    /// 401 or 403: the credential in `header` was refused.
+    Auth { status: u16, header: &'static str },
+    Status { status: u16 },
+    Transport(String),
+    BadAnswer(String),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Auth { status, header } => write!(
+                f,
+                "authentication failed (HTTP {status}): the backend refused the {header} header; check its value"
+            ),
+            BackendError::Status { status } => write!(f, "the backend answered HTTP {status}"),
+            BackendError::Transport(e) => write!(f, "cannot reach the backend: {e}"),
+            BackendError::BadAnswer(e) => write!(f, "the backend's answer is not usable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl BackendError {
+    pub fn is_auth(&self) -> bool {
+        matches!(self, BackendError::Auth { .. })
+    }
+}
+
+/// One complete peer round.
+pub enum FetchOutcome {
+    /// 304: the list has not changed since `If-None-Match`.
+    NotModified,
+    Peers {
+        peers: Vec<Peer>,
+        etag: Option<String>,
+        /// Entries skipped as invalid, described for a warning.
+        problems: Vec<String>,
+        pages: u32,
+    },
+}
+
+#[derive(Clone)]
+pub struct BackendClient {
+    agent: ureq::Agent,
+    base_url: String,
+    node_token: Secret,
+    api_key: Option<Secret>,
+    region: Option<String>,
+}
+
+impl BackendClient {
+    pub fn new(base_url: &str, node_token: Secret, api_key: Option<Secret>, region: Option<String>) -> BackendClient {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(&user_agent())
+            .build();
+        BackendClient {
+            agent,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            node_token,
+            api_key,
+            region,
+        }
+    }
+
+    /// Fetches every page of the peer list. Any failure part-way fails the
+    /// whole round, so the caller keeps its last good list.
+    pub fn fetch_peers(&self, etag: Option<&str>) -> Result<FetchOutcome, BackendError> {
+        let mut all = Vec::new();
+        let mut page = 1u32;
+        let mut round_etag = None;
+        loop {
+            let mut request = self.agent.get(&format!("{}/peers", self.base_url));
+            if let Some(region) = &self.region {
+                request = request.query("region", region);
+            }
+            if page > 1 {
+                request = request.query("page", &page.to_string());
+            }
+            if let Some(key) = &self.api_key {
+                request = request.set("Authorization", &format!("Bearer {}", key.expose()));
+            }
+            if page == 1 {
+                if let Some(etag) = etag {
+                    request = request.set("If-None-Match", etag);
+                }
+            }
+            let response = request.call().map_err(|e| classify(e, "Authorization"))?;
+            if response.status() == 304 {
+                if page == 1 {
+                    return Ok(FetchOutcome::NotModified);
+                }
+                return Err(BackendError::BadAnswer(format!("304 for page {page}")));
+            }
+            if page == 1 {
+                round_etag = response.header("ETag").map(str::to_string);
+            }
+            let body = read_json(response)?;
+            if body.get("code").and_then(|c| c.as_i64()) != Some(200) {
+                return Err(BackendError::BadAnswer(format!(
+                    "`code` is {} instead of 200",
+                    body.get("code").map(|c| c.to_string()).unwrap_or_else(|| "missing".into())
+                )));
+            }
+            let data = body
+                .get("data")
+                .ok_or_else(|| BackendError::BadAnswer("`data` is missing".into()))?;
+            let peers = data
+                .get("peers")
+                .and_then(|p| p.as_array())
+                .ok_or_else(|| BackendError::BadAnswer("`data.peers` is not a list".into()))?;
+            all.extend(peers.iter().cloned());
+            let more = match data.get("next_batch_available") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(BackendError::BadAnswer(format!(
+                        "`data.next_batch_available` is {other}, not true or false"
+                    )))
+                }
+            };
+            if !more {
+                break;
+            }
+            if page >= MAX_PAGES {
+                return Err(BackendError::BadAnswer(format!(
+                    "more than {MAX_PAGES} pages; refusing to page further"
+                )));
+            }
+            page += 1;
+        }
+        let (peers, problems) = peer::validate_list(all);
+        Ok(FetchOutcome::Peers {
+            peers,
+            etag: round_etag,
+            problems,
+            pages: page,
+        })
+    }
+
+    /// Sends one status report; `Ok` only for 2xx with `code` 200.
+    pub fn put_status(&self, report: &StatusReport, timeout: Option<Duration>) -> Result<(), BackendError> {
+        let mut request = self
+            .agent
+            .put(&format!("{}/nodes/status", self.base_url))
+            .set("x-node-token", self.node_token.expose());
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let body = serde_json::to_vec(report).map_err(|e| BackendError::BadAnswer(e.to_string()))?;
+        let response = request
+            .set("Content-Type", "application/json")
+            .send_bytes(&body)
+            .map_err(|e| classify(e, "x-node-token"))?;
+        let body = read_json(response)?;
+        match body.get("code").and_then(|c| c.as_i64()) {
+            Some(200) => Ok(()),
+            other => Err(BackendError::BadAnswer(format!(
+                "`code` is {} instead of 200",
+                other.map(|c| c.to_string()).unwrap_or_else(|| "missing".into())
+            ))),
+        }
+    }
+}
+
+fn classify(error: ureq::Error, auth_header: &'static str) -> BackendError {
+    match error {
+        ureq::Error::Status(status @ (401 | 403), _) => BackendError::Auth {
+            status,
+            header: auth_header,
+        },
+        ureq::Error::Status(status, _) => BackendError::Status { status },
+        ureq::Error::Transport(t) => BackendError::Transport(t.to_string()),
+    }
+}
+
+fn read_json(response: ureq::Response) -> Result<serde_json::Value, BackendError> {
+    let mut bytes = Vec::new();
+    response
+        .into_reader()
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| BackendError::Transport(format!("reading the answer: {e}")))?;
+    if bytes.len() as u64 > MAX_BODY_BYTES {
+        return Err(BackendError::BadAnswer(format!(
+            "the answer is larger than {} MiB",
+            MAX_BODY_BYTES / 1024 / 1024
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| BackendError::BadAnswer(format!("not JSON: {e}")))
+}
+
+/// The body of `PUT /nodes/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_time: Option<i64>,
+    pub metadata: Metadata,
+    pub results: Vec<crate::store::OutboxResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Metadata {
+    pub version: &'static str,
+    pub total_monitored_nodes: i64,
+    pub healthy_nodes: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub probe_id: String,
+    pub easytier_version: &'static str,
+    pub uptime_seconds: u64,
+    pub buffered_results: i64,
+    pub dropped_results: i64,
+}

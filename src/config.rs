@@ -169,9 +169,6 @@ pub struct StatusArgs {
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -1,2 +1,352 @@
-//! stub
-pub fn run(_c: crate::config::DaemonConfig) -> anyhow::Result<()> { Ok(()) }
+//! The daemon: wires the threads and channels, runs the scheduling loop, and shuts down in order.
+//!
+//! ```text
+//! signals ─► main loop ◄─ fetcher (distributed)      workers ─► store writer ◄─ reporter
+//!               └─ due peers ─► bounded job queue ─► workers ─► finished ─► main loop
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::{after, never, select, tick, Receiver, Sender};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::backend::BackendClient;
+use crate::checker::{self, CheckOptions, Status};
+use crate::config::{DaemonConfig, UsageError};
+use crate::fetcher::{self, PeerUpdate};
+use crate::peer::{self, Peer, Protocol};
+use crate::probe::{Finished, ProbePool};
+use crate::reporter::{self, ReporterOptions};
+use crate::sdnotify::Notifier;
+use crate::store::{self, StoreMsg, StoredPeer, WriterOptions};
+
+/// Longest the main loop sleeps, so that it never depends on one wake-up source.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Budget of the last status report on shutdown.
+const FINAL_REPORT_BUDGET: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Stop(i32),
+    Reload,
+}
+
+/// Registers the handlers and turns signals into events. A second stop
+/// signal exits at once, for an operator who will not wait for running checks.
+fn spawn_signal_thread() -> anyhow::Result<Receiver<Signal>> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for signal in signals.forever() {
+                let event = if signal == SIGHUP {
+                    Signal::Reload
+                } else {
+                    stops += 1;
+                    if stops >= 2 {
+                        eprintln!("easytier-probe: second stop signal, exiting at once");
+                        std::process::exit(128 + signal);
+                    }
+                    Signal::Stop(signal)
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(rx)
+}
+
+/// Reads the peers file: an unreadable or malformed file is an error, an
+/// invalid entry is a warning.
+pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the peers file {}", path.display()))?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!("the peers file {} is not a JSON array of peer objects", path.display())
+    })?;
+    let (peers, problems) = peer::validate_list(list);
+    for problem in problems {
+        log::warn!("peers file {}: skipped invalid {problem}", path.display());
+    }
+    Ok(peers)
+}
+
+/// The standalone peer set: the file's peers, then `--peer` ones.
+fn standalone_peers(config: &DaemonConfig) -> anyhow::Result<Vec<Peer>> {
+    let mut peers = match &config.peers_file {
+        Some(path) => read_peers_file(path)?,
+        None => Vec::new(),
+    };
+    for peer in &config.cli_peers {
+        if peers.iter().any(|p| p.id == peer.id) {
+            log::warn!("--peer {}: id {} is already in the peers file; skipped", peer.uri(), peer.id);
+        } else {
+            peers.push(peer.clone());
+        }
+    }
+    Ok(peers)
+}
+
+pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Before any other thread exists, so every thread inherits the handlers.
+    let signals = spawn_signal_thread()?;
+    let initial = match config.distributed {
+        None => Some(standalone_peers(&config).map_err(|e| UsageError(format!("{e:#}")))?),
+        Some(_) => None,
+    };
+
+    checker::tune_easytier_for_checks();
+    let conn = store::open_rw(&config.db_path)?;
+    let probe_id = store::probe_id(&conn)?;
+    let (initial, etag) = match initial {
+        Some(peers) => (peers, None),
+        None => {
+            let cached = store::load_active_peers(&conn)?;
+            // The ETag is only worth sending when the list it describes is at hand.
+            let etag = if cached.is_empty() { None } else { store::get_state(&conn, store::KEY_PEERS_ETAG)? };
+            if !cached.is_empty() {
+                log::info!("checking {} peers from the last good list until the backend answers", cached.len());
+            }
+            (cached, etag)
+        }
+    };
+    let store = store::spawn(
+        conn,
+        WriterOptions {
+            auto_ack: config.distributed.is_none(),
+            retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+            max_buffered: config.distributed.as_ref().map_or(u64::MAX, |d| d.max_buffered_results),
+        },
+    )?;
+    let short_id = &probe_id[..probe_id.len().min(8)];
+    let options = CheckOptions {
+        timeout: config.check_timeout,
+        probe_network_name: config
+            .network_name
+            .clone()
+            .unwrap_or_else(|| format!("easytier-probe-{short_id}")),
+        hostname: format!("easytier-probe-{short_id}"),
+    };
+    let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
+    let pool = ProbePool::spawn(config.workers, options, store.sender(), finished_tx)?;
+
+    let mut main = MainLoop {
+        schedule: crate::schedule::Schedule::new(config.check_interval),
+        store: store.sender(),
+        allow_quic: config.allow_quic,
+        skipped: HashSet::new(),
+        last_status: HashMap::new(),
+        cycle: CycleStats::default(),
+    };
+    // A cached list is not stored again: it and its ETag are already there.
+    main.apply_peers(initial, None, config.distributed.is_none());
+
+    let (updates_tx, updates_rx) = crossbeam_channel::unbounded::<PeerUpdate>();
+    let (fetcher, reporter) = match &config.distributed {
+        Some(d) => {
+            let client = BackendClient::new(&d.backend_base_url, d.node_token.clone(), d.api_key.clone(), d.region.clone());
+            let fetcher = fetcher::spawn(client.clone(), d.peer_fetch_interval, etag, updates_tx)?;
+            let reporter = reporter::spawn(
+                client,
+                ReporterOptions {
+                    db_path: config.db_path.clone(),
+                    interval: d.status_report_interval,
+                    batch_size: d.report_batch_size,
+                    region: d.region.clone(),
+                    probe_id: probe_id.clone(),
+                    started,
+                },
+                store.sender(),
+            )?;
+            (Some(fetcher), Some(reporter))
+        }
+        None => {
+            drop((updates_tx, etag));
+            (None, None)
+        }
+    };
+
+    let notifier = Notifier::new_from_env();
+    let mode = if config.distributed.is_some() { "distributed" } else { "standalone" };
+    log::info!(
+        "easytier-probe {} started in {mode} mode: {} peers, every {}s, {} workers, timeout {}s, database {}",
+        env!("CARGO_PKG_VERSION"),
+        main.schedule.len(),
+        config.check_interval.as_secs(),
+        config.workers,
+        config.check_timeout.as_secs(),
+        config.db_path.display()
+    );
+    notifier.ready(&format!("watching {} peers", main.schedule.len()));
+
+    let watchdog = notifier.watchdog_interval().map(tick).unwrap_or_else(never);
+    let summary_tick = tick(config.check_interval.max(Duration::from_secs(10)));
+    let updates = if fetcher.is_some() { updates_rx } else { never() };
+    loop {
+        main.dispatch(&pool, Instant::now());
+        let wait = main
+            .schedule
+            .next_due()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(MAX_IDLE)
+            .min(MAX_IDLE);
+        select! {
+            recv(signals) -> signal => match signal {
+                Ok(Signal::Stop(n)) => {
+                    log::info!("signal {n}: stopping; {} checks still running", main.schedule.in_flight());
+                    break;
+                }
+                Ok(Signal::Reload) => match (&config.distributed, &fetcher) {
+                    (None, _) => match standalone_peers(&config) {
+                        Ok(peers) => main.apply_peers(peers, None, true),
+                        Err(e) => log::warn!("SIGHUP: {e:#}; keeping the current peers"),
+                    },
+                    (Some(_), Some(f)) => {
+                        log::info!("SIGHUP: fetching the peer list now");
+                        f.fetch_now();
+                    }
+                    (Some(_), None) => {}
+                },
+                Err(_) => break,
+            },
+            recv(finished_rx) -> f => if let Ok(f) = f { main.finished(f) },
+            recv(updates) -> u => if let Ok(u) = u { main.apply_peers(u.peers, u.etag, true) },
+            recv(watchdog) -> _ => notifier.watchdog(),
+            recv(summary_tick) -> _ => main.log_cycle(),
+            recv(after(wait)) -> _ => {}
+        }
+    }
+
+    // Shutdown, in dependency order.
+    notifier.stopping();
+    if let Some(f) = fetcher {
+        f.shutdown(Duration::from_secs(1));
+    }
+    pool.shutdown();
+    while let Ok(f) = finished_rx.try_recv() {
+        main.finished(f);
+    }
+    let (done, flushed) = crossbeam_channel::bounded(1);
+    if main.store.send(StoreMsg::Flush(done)).is_ok() {
+        let _ = flushed.recv();
+    }
+    if let Some(r) = reporter {
+        r.shutdown(FINAL_REPORT_BUDGET);
+    }
+    drop(main);
+    store.shutdown();
+    log::info!("stopped after {}s", started.elapsed().as_secs());
+    Ok(())
+}
+
+#[derive(Default)]
+struct CycleStats {
+    online: u64,
+    offline: u64,
+}
+
+struct MainLoop {
+    schedule: crate::schedule::Schedule,
+    store: Sender<StoreMsg>,
+    allow_quic: bool,
+    /// Peers not checked (unsupported transport), to warn once per change.
+    skipped: HashSet<i64>,
+    last_status: HashMap<i64, Status>,
+    cycle: CycleStats,
+}
+
+impl MainLoop {
+    /// Takes a complete peer set: stores it, warns about skipped peers, reschedules.
+    fn apply_peers(&mut self, peers: Vec<Peer>, etag: Option<String>, persist: bool) {
+        let mut checkable = Vec::with_capacity(peers.len());
+        let mut stored = Vec::with_capacity(peers.len());
+        let mut skipped = Vec::new();
+        for peer in peers {
+            let skip_reason = (peer.protocol == Protocol::Quic && !self.allow_quic).then(|| {
+                "quic checks give false Offline verdicts against 2.6.x nodes (see --allow-quic)".to_string()
+            });
+            if skip_reason.is_some() {
+                skipped.push(peer.clone());
+            } else {
+                checkable.push(peer.clone());
+            }
+            stored.push(StoredPeer { peer, skip_reason });
+        }
+        let skipped_ids: HashSet<i64> = skipped.iter().map(|p| p.id).collect();
+        if !skipped.is_empty() && skipped_ids != self.skipped {
+            let names: Vec<String> = skipped.iter().map(|p| format!("{} ({})", p.name, p.uri())).collect();
+            log::warn!(
+                "not checking {} quic peer(s), shown as unsupported: quic checks give false Offline verdicts against current (2.6.x) nodes; pass --allow-quic for nodes running 2.0.x: {}",
+                skipped.len(),
+                names.join(", ")
+            );
+        }
+        self.skipped = skipped_ids;
+        if persist && self.store.send(StoreMsg::ReplacePeers { peers: stored, etag }).is_err() {
+            log::error!("the store writer is gone; the new peer list is not saved");
+        }
+        let changes = self.schedule.replace(checkable, Instant::now());
+        let schedule = &self.schedule;
+        self.last_status.retain(|id, _| schedule.contains(*id));
+        log::info!(
+            "peer set: {} checked ({} added, {} removed, {} changed), {} skipped",
+            self.schedule.len(),
+            changes.added,
+            changes.removed,
+            changes.updated,
+            self.skipped.len()
+        );
+    }
+
+    /// Hands due checks to idle workers; the rest wait for the next wake-up.
+    fn dispatch(&mut self, pool: &ProbePool, now: Instant) {
+        for peer in self.schedule.due(now) {
+            let id = peer.id;
+            if pool.try_submit(peer).is_err() {
+                break;
+            }
+            self.schedule.dispatched(id, now);
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        self.schedule.finished(f.peer_id);
+        let Some(status) = f.status else { return };
+        match status {
+            Status::Online => self.cycle.online += 1,
+            Status::Offline => self.cycle.offline += 1,
+        }
+        let previous = self.last_status.insert(f.peer_id, status);
+        if previous.is_some_and(|p| p != status) {
+            match status {
+                Status::Online => log::info!("peer {} is Online again", f.peer_id),
+                Status::Offline => log::info!(
+                    "peer {} went Offline: {}",
+                    f.peer_id,
+                    f.error.as_deref().unwrap_or("unknown error")
+                ),
+            }
+        }
+    }
+
+    fn log_cycle(&mut self) {
+        let c = std::mem::take(&mut self.cycle);
+        log::info!(
+            "since the last summary: {} checks, {} Online, {} Offline; {} peers watched, {} running now",
+            c.online + c.offline,
+            c.online,
+            c.offline,
+            self.schedule.len(),
+            self.schedule.in_flight()
+        );
+    }
+}

@@ -1,24 +1,9 @@
 //! easytier-probe: flags → `Config` → run; maps errors to exit statuses.
 
-mod backend;
-mod check_cmd;
-mod checker;
-mod clock;
-mod config;
-mod daemon;
-mod fetcher;
-mod logging;
-mod peer;
-mod probe;
-mod reporter;
-mod schedule;
-mod sdnotify;
-mod status;
-mod store;
-
 use std::process::ExitCode;
 
-use config::{Config, UsageError};
+use easytier_probe::config::{self, Config, UsageError};
+use easytier_probe::{check_cmd, daemon, logging, status};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

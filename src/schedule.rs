@@ -1,1 +1,178 @@
-//! stub
+//! When each peer is due: checks spread evenly over the interval, never two at once for a peer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::peer::Peer;
+
+struct Entry {
+    peer: Peer,
+    next_due: Instant,
+    in_flight: bool,
+}
+
+/// The scheduler's state. Pure data: the daemon's main loop drives it with the clock.
+pub struct Schedule {
+    interval: Duration,
+    entries: HashMap<i64, Entry>,
+}
+
+/// What a new peer set changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+    pub updated: usize,
+}
+
+impl Schedule {
+    pub fn new(interval: Duration) -> Schedule {
+        Schedule {
+            interval,
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Replaces the peer set. Known peers keep their phase; new peers are
+    /// spread one slot (`interval / peers`) apart from now on, so that neither
+    /// a start nor a big addition becomes a burst of simultaneous checks.
+    pub fn replace(&mut self, peers: Vec<Peer>, now: Instant) -> Changes {
+        let mut changes = Changes::default();
+        let incoming: std::collections::HashSet<i64> = peers.iter().map(|p| p.id).collect();
+        let before = self.entries.len();
+        self.entries.retain(|id, _| incoming.contains(id));
+        changes.removed = before - self.entries.len();
+        let slot = self.interval / (peers.len().max(1) as u32);
+        let mut new_peers: Vec<Peer> = Vec::new();
+        for peer in peers {
+            match self.entries.get_mut(&peer.id) {
+                Some(entry) => {
+                    if entry.peer != peer {
+                        entry.peer = peer;
+                        changes.updated += 1;
+                    }
+                }
+                None => new_peers.push(peer),
+            }
+        }
+        // A stable order makes the spread reproducible from run to run.
+        new_peers.sort_by_key(|p| p.id);
+        changes.added = new_peers.len();
+        for (k, peer) in new_peers.into_iter().enumerate() {
+            self.entries.insert(
+                peer.id,
+                Entry {
+                    peer,
+                    next_due: now + slot * k as u32,
+                    in_flight: false,
+                },
+            );
+        }
+        changes
+    }
+
+    /// Peers whose check is due and not already running, most overdue first.
+    pub fn due(&self, now: Instant) -> Vec<Peer> {
+        let mut due: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| !e.in_flight && e.next_due <= now)
+            .collect();
+        due.sort_by_key(|e| (e.next_due, e.peer.id));
+        due.into_iter().map(|e| e.peer.clone()).collect()
+    }
+
+    /// Records that the peer's check was handed to a worker.
+    pub fn dispatched(&mut self, id: i64, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.in_flight = true;
+            // Keep the phase: the next check is one interval after this one
+            // was due, skipping slots already missed rather than catching up.
+            let mut next = entry.next_due + self.interval;
+            while next <= now {
+                next += self.interval;
+            }
+            entry.next_due = next;
+        }
+    }
+
+    /// Records that the peer's check finished (a removed peer is ignored).
+    pub fn finished(&mut self, id: i64) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.in_flight = false;
+        }
+    }
+
+    /// When the next peer that is not running becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter(|e| !e.in_flight)
+            .map(|e| e.next_due)
+            .min()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.entries.values().filter(|e| e.in_flight).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(ids: &[i64]) -> Vec<Peer> {
+        ids.iter()
+            .map(|id| crate::peer::peer_from_uri(&format!("tcp://h:{}?id={id}", id + 1)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn spreads_new_peers_over_the_interval() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(60));
+        assert_eq!(s.replace(peers(&[1, 2, 3, 4]), t0).added, 4);
+        assert_eq!(s.due(t0).len(), 1);
+        assert_eq!(s.due(t0 + Duration::from_secs(15)).len(), 2);
+        assert_eq!(s.due(t0 + Duration::from_secs(45)).len(), 4);
+    }
+
+    #[test]
+    fn a_peer_never_runs_twice_at_once() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(10));
+        s.replace(peers(&[1]), t0);
+        s.dispatched(1, t0);
+        // Still running a whole interval later: not due again.
+        assert!(s.due(t0 + Duration::from_secs(25)).is_empty());
+        s.finished(1);
+        // Missed slots are skipped, not caught up in a burst.
+        let late = t0 + Duration::from_secs(25);
+        assert_eq!(s.due(late).len(), 1);
+        s.dispatched(1, late);
+        assert_eq!(s.next_due(), None);
+        s.finished(1);
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn replacing_keeps_known_peers_and_drops_missing_ones() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(60));
+        s.replace(peers(&[1, 2]), t0);
+        s.dispatched(1, t0);
+        let c = s.replace(peers(&[1, 3]), t0 + Duration::from_secs(1));
+        assert_eq!(c, Changes { added: 1, removed: 1, updated: 0 });
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.in_flight(), 1);
+        s.finished(2); // a result for a removed peer is harmless
+    }
+}

@@ -1,1 +1,695 @@
-//! stub
+//! The SQLite store: migrations, the single writer thread, and read-only helpers.
+//!
+//! One thread owns the only read-write connection and applies everything in
+//! batched transactions. Readers (`status`, the reporter) open their own
+//! read-only connections; WAL mode lets them read while the writer writes.
+
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use crossbeam_channel::{select, tick, Receiver, Sender};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::checker::CheckResult;
+use crate::clock;
+use crate::peer::{Peer, Protocol};
+
+/// Schema migrations, applied in order up to `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[include_str!("../sql/001_init.sql")];
+
+/// Results queued between the workers and the writer. Bounded because it
+/// carries bulk data; the writer never waits on anybody, so senders only ever
+/// wait for it to catch up.
+const CHANNEL_CAPACITY: usize = 16_384;
+/// Most messages applied in one transaction.
+const MAX_BATCH: usize = 4_096;
+/// Old results deleted per pruning step, so pruning never stalls the writer.
+const PRUNE_STEP_ROWS: usize = 1_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+pub const KEY_PROBE_ID: &str = "probe_id";
+pub const KEY_DROPPED: &str = "dropped_results";
+pub const KEY_PEERS_ETAG: &str = "peers_etag";
+
+/// A peer as the store keeps it: validated, with the reason it is not checked.
+#[derive(Debug, Clone)]
+pub struct StoredPeer {
+    pub peer: Peer,
+    pub skip_reason: Option<String>,
+}
+
+/// What the writer thread is asked to do.
+pub enum StoreMsg {
+    Result(Box<CheckResult>),
+    /// A complete new peer set. Peers missing from it become inactive; their history stays.
+    ReplacePeers {
+        peers: Vec<StoredPeer>,
+        etag: Option<String>,
+    },
+    /// The backend acknowledged results `first..=last` (a contiguous outbox batch).
+    Ack {
+        first: i64,
+        last: i64,
+        done: Sender<()>,
+    },
+    /// Answers once everything sent before it is committed.
+    Flush(Sender<()>),
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Mark results delivered at once (standalone mode: there is no backend).
+    pub auto_ack: bool,
+    pub retention: Duration,
+    /// Most unacknowledged results kept; the oldest beyond it are dropped.
+    pub max_buffered: u64,
+}
+
+pub struct StoreHandle {
+    // Field order matters: the sender must drop before the thread is joined.
+    sender: Option<Sender<StoreMsg>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StoreHandle {
+    pub fn sender(&self) -> Sender<StoreMsg> {
+        self.sender.clone().expect("store is running")
+    }
+
+    /// Drops this handle's sender and waits for the writer to commit and exit.
+    /// The writer exits once every sender (workers, reporter) is gone.
+    pub fn shutdown(mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// Opens (creating if needed) the database read-write and brings the schema up to date.
+pub fn open_rw(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the database directory {}", dir.display()))?;
+    }
+    let existed = path.exists();
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    if !existed {
+        // It holds network secrets: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .context("cannot switch the database to WAL mode")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    migrate(&mut conn).with_context(|| format!("database {}", path.display()))?;
+    ensure_probe_id(&conn)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only (for `status` and the reporter).
+pub fn open_ro(path: &Path) -> anyhow::Result<Connection> {
+    if !path.exists() {
+        bail!(
+            "no database at {} (has the daemon run with this --db?)",
+            path.display()
+        );
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open the database {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the database {} has schema version {version}, newer than this binary knows ({}); use a newer easytier-probe",
+            path.display(),
+            MIGRATIONS.len()
+        );
+    }
+    if version < MIGRATIONS.len() {
+        bail!(
+            "the database {} has schema version {version}; start the daemon once to upgrade it",
+            path.display()
+        );
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        bail!(
+            "schema version {version} is newer than this binary knows ({}); refusing to touch it, use a newer easytier-probe",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {} failed", index + 1))?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn ensure_probe_id(conn: &Connection) -> anyhow::Result<()> {
+    if get_state(conn, KEY_PROBE_ID)?.is_none() {
+        let mut bytes = [0u8; 8];
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("cannot read /dev/urandom for the probe id")?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        conn.execute(
+            "INSERT INTO probe_state (key, value) VALUES (?1, ?2)",
+            params![KEY_PROBE_ID, id],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn get_state(conn: &Connection, key: &str) -> anyhow::Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM probe_state WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_state(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO probe_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(|_| ())
+}
+
+pub fn probe_id(conn: &Connection) -> anyhow::Result<String> {
+    get_state(conn, KEY_PROBE_ID)?.context("the database has no probe id")
+}
+
+/// The active peers as last stored: the cached list used while the backend is unreachable.
+pub fn load_active_peers(conn: &Connection) -> anyhow::Result<Vec<Peer>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, host, port, protocol, network_name, network_secret
+         FROM peers WHERE active = 1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, u16>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Option<String>>(6)?,
+        ))
+    })?;
+    let mut peers = Vec::new();
+    for row in rows {
+        let (id, name, host, port, protocol, network_name, network_secret) = row?;
+        let Some(protocol) = Protocol::parse(&protocol) else {
+            continue;
+        };
+        peers.push(Peer {
+            id,
+            name,
+            host,
+            port,
+            protocol,
+            network_name,
+            network_secret,
+        });
+    }
+    Ok(peers)
+}
+
+/// Starts the writer thread, which owns `conn` from now on.
+pub fn spawn(conn: Connection, options: WriterOptions) -> anyhow::Result<StoreHandle> {
+    let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+    let mut writer = Writer::new(conn, options)?;
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(receiver))
+        .context("cannot start the store writer thread")?;
+    Ok(StoreHandle {
+        sender: Some(sender),
+        thread: Some(thread),
+    })
+}
+
+struct Writer {
+    conn: Connection,
+    options: WriterOptions,
+    outbox: OutboxCap,
+}
+
+/// Keeps the count of unsent results under `--max-buffered-results`.
+struct OutboxCap {
+    unacked: u64,
+    max: u64,
+    dropped_since_warning: u64,
+    last_drop_warning: Option<Instant>,
+}
+
+impl Writer {
+    fn new(conn: Connection, options: WriterOptions) -> anyhow::Result<Writer> {
+        let unacked: u64 =
+            conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| r.get(0))?;
+        let outbox = OutboxCap {
+            unacked,
+            max: options.max_buffered,
+            dropped_since_warning: 0,
+            last_drop_warning: None,
+        };
+        Ok(Writer {
+            conn,
+            options,
+            outbox,
+        })
+    }
+
+    fn run(&mut self, receiver: Receiver<StoreMsg>) {
+        let prune = tick(PRUNE_EVERY);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            select! {
+                recv(receiver) -> msg => match msg {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                },
+                recv(prune) -> _ => {
+                    if let Err(e) = self.prune_step() {
+                        log::warn!("pruning old results failed: {e:#}");
+                    }
+                    continue;
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            self.apply(&mut batch);
+        }
+        log::debug!("store writer: all senders gone, exiting");
+    }
+
+    /// Applies a batch in one transaction, then answers the waiting callers.
+    fn apply(&mut self, batch: &mut Vec<StoreMsg>) {
+        let mut replies = Vec::new();
+        let auto_ack = self.options.auto_ack;
+        let outbox = &mut self.outbox;
+        let conn = &mut self.conn;
+        let result = (|| -> anyhow::Result<()> {
+            let tx = conn.transaction()?;
+            let mut inserted = 0u64;
+            let mut acked = 0u64;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO results (peer_id, checked_at_ms, status, response_time_ms,
+                        latency_us, remote_version, remote_hostname, role, error, duration_ms, acked)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for msg in batch.drain(..) {
+                    match msg {
+                        StoreMsg::Result(r) => {
+                            insert.execute(params![
+                                r.peer_id,
+                                r.checked_at_ms,
+                                r.status.as_str(),
+                                r.response_time,
+                                r.latency_us,
+                                r.remote_version,
+                                r.remote_hostname,
+                                r.role,
+                                r.error,
+                                r.duration_ms,
+                                auto_ack,
+                            ])?;
+                            inserted += 1;
+                        }
+                        StoreMsg::ReplacePeers { peers, etag } => {
+                            replace_peers(&tx, &peers)?;
+                            match etag {
+                                Some(etag) => set_state(&tx, KEY_PEERS_ETAG, &etag)?,
+                                None => {
+                                    tx.execute("DELETE FROM probe_state WHERE key = ?1", [KEY_PEERS_ETAG])?;
+                                }
+                            }
+                        }
+                        StoreMsg::Ack { first, last, done } => {
+                            acked += tx.execute(
+                                "UPDATE results SET acked = 1 WHERE seq BETWEEN ?1 AND ?2 AND acked = 0",
+                                params![first, last],
+                            )? as u64;
+                            replies.push(done);
+                        }
+                        StoreMsg::Flush(done) => replies.push(done),
+                    }
+                }
+            }
+            if !auto_ack {
+                outbox.unacked = (outbox.unacked + inserted).saturating_sub(acked);
+                outbox.enforce(&tx)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Nothing sensible to do but say so: the batch is lost to the
+            // database, and the daemon goes on (a full disk may clear).
+            log::error!("cannot write to the database: {e:#}");
+            batch.clear();
+        }
+        for reply in replies {
+            let _ = reply.send(());
+        }
+    }
+
+}
+
+impl OutboxCap {
+    fn enforce(&mut self, tx: &rusqlite::Transaction) -> anyhow::Result<()> {
+        if self.unacked <= self.max {
+            return Ok(());
+        }
+        let excess = self.unacked - self.max;
+        let dropped = tx.execute(
+            "DELETE FROM results WHERE seq IN
+               (SELECT seq FROM results WHERE acked = 0 ORDER BY seq LIMIT ?1)",
+            [excess],
+        )? as u64;
+        self.unacked -= dropped;
+        let total: u64 = get_state(tx, KEY_DROPPED)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        set_state(tx, KEY_DROPPED, &(total + dropped).to_string())?;
+        self.dropped_since_warning += dropped;
+        let due = self
+            .last_drop_warning
+            .is_none_or(|t| t.elapsed() >= DROP_WARNING_EVERY);
+        if due {
+            log::warn!(
+                "outbox full ({} unsent results kept, --max-buffered-results): dropped the {} oldest unsent results",
+                self.max,
+                self.dropped_since_warning
+            );
+            self.dropped_since_warning = 0;
+            self.last_drop_warning = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Deletes a small slice of delivered results older than the retention.
+    fn prune_step(&mut self) -> anyhow::Result<()> {
+        let cutoff = clock::now_ms() - self.options.retention.as_millis() as i64;
+        let deleted = self.conn.execute(
+            "DELETE FROM results WHERE seq IN
+               (SELECT seq FROM results WHERE checked_at_ms < ?1 AND acked = 1 LIMIT ?2)",
+            params![cutoff, PRUNE_STEP_ROWS],
+        )?;
+        if deleted > 0 {
+            log::debug!("pruned {deleted} results older than the retention");
+        }
+        Ok(())
+    }
+}
+
+fn replace_peers(tx: &rusqlite::Transaction, peers: &[StoredPeer]) -> rusqlite::Result<()> {
+    let now = clock::now_ms();
+    tx.execute("UPDATE peers SET active = 0 WHERE active = 1", [])?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO peers (id, name, host, port, protocol, network_name, network_secret,
+                            active, skip_reason, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9)
+         ON CONFLICT (id) DO UPDATE SET
+            name = excluded.name, host = excluded.host, port = excluded.port,
+            protocol = excluded.protocol, network_name = excluded.network_name,
+            network_secret = excluded.network_secret, active = 1,
+            skip_reason = excluded.skip_reason, updated_at_ms = excluded.updated_at_ms",
+    )?;
+    for StoredPeer { peer, skip_reason } in peers {
+        upsert.execute(params![
+            peer.id,
+            peer.name,
+            peer.host,
+            peer.port,
+            peer.protocol.as_str(),
+            peer.network_name,
+            peer.network_secret,
+            skip_reason,
+            now,
+        ])?;
+    }
+    Ok(())
+}
+
+/// One row of `easytier-probe status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    pub id: i64,
+    pub name: String,
+    pub uri: String,
+    /// Online, Offline, pending (not checked yet) or unsupported.
+    pub status: String,
+    pub latency_us: Option<i64>,
+    pub remote_version: Option<String>,
+    pub last_checked_at: Option<String>,
+    pub checks_24h: i64,
+    /// Percent of the last 24 hours' checks that found the peer Online.
+    pub uptime_24h: Option<f64>,
+}
+
+pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerStatus>> {
+    let since = now_ms - 24 * 3600 * 1000;
+    let mut stmt = conn.prepare(
+        "SELECT p.id, p.name, p.protocol, p.host, p.port, p.skip_reason,
+                r.status, r.latency_us, r.remote_version, r.checked_at_ms,
+                (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1),
+                (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1
+                                                AND status = 'Online')
+         FROM peers p
+         LEFT JOIN results r ON r.seq = (SELECT seq FROM results WHERE peer_id = p.id
+                                         ORDER BY checked_at_ms DESC, seq DESC LIMIT 1)
+         WHERE p.active = 1
+         ORDER BY p.id",
+    )?;
+    let rows = stmt.query_map([since], |r| {
+        let protocol: String = r.get(2)?;
+        let host: String = r.get(3)?;
+        let port: u16 = r.get(4)?;
+        let skip_reason: Option<String> = r.get(5)?;
+        let last_status: Option<String> = r.get(6)?;
+        let checks: i64 = r.get(10)?;
+        let online: i64 = r.get(11)?;
+        let uri = match Protocol::parse(&protocol) {
+            Some(p) => crate::peer::format_uri(p, &host, port),
+            None => format!("{protocol}://{host}:{port}"),
+        };
+        let status = match (&skip_reason, last_status) {
+            (Some(_), _) => "unsupported".to_string(),
+            (None, Some(s)) => s,
+            (None, None) => "pending".to_string(),
+        };
+        Ok(PeerStatus {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            uri,
+            status,
+            latency_us: r.get(7)?,
+            remote_version: r.get(8)?,
+            last_checked_at: r.get::<_, Option<i64>>(9)?.map(clock::rfc3339),
+            checks_24h: checks,
+            uptime_24h: (checks > 0)
+                .then(|| (online as f64 * 1000.0 / checks as f64).round() / 10.0),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A result waiting in the outbox, in the backend's shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxResult {
+    pub seq: i64,
+    pub peer_id: i64,
+    pub checked_at: String,
+    pub status: String,
+    pub response_time: Option<i64>,
+    pub latency_us: Option<i64>,
+    pub remote_version: Option<String>,
+    pub remote_hostname: Option<String>,
+    pub role: String,
+    pub error: Option<String>,
+}
+
+/// The oldest unacknowledged results, at most `limit`.
+pub fn outbox_batch(conn: &Connection, limit: usize) -> anyhow::Result<Vec<OutboxResult>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, peer_id, checked_at_ms, status, response_time_ms, latency_us,
+                remote_version, remote_hostname, role, error
+         FROM results WHERE acked = 0 ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(OutboxResult {
+            seq: r.get(0)?,
+            peer_id: r.get(1)?,
+            checked_at: clock::rfc3339(r.get(2)?),
+            status: r.get(3)?,
+            response_time: r.get(4)?,
+            latency_us: r.get(5)?,
+            remote_version: r.get(6)?,
+            remote_hostname: r.get(7)?,
+            role: r.get(8)?,
+            error: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The probe's own view for its status report.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub total_monitored: i64,
+    pub healthy: i64,
+    /// Mean response time (ms) of the peers whose latest check was Online.
+    pub mean_response_ms: Option<i64>,
+    pub buffered: i64,
+    pub dropped: i64,
+}
+
+pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
+    let (total, healthy, mean): (i64, i64, Option<f64>) = conn.query_row(
+        "SELECT count(*),
+                coalesce(sum(r.status = 'Online'), 0),
+                avg(CASE WHEN r.status = 'Online' THEN r.response_time_ms END)
+         FROM peers p
+         LEFT JOIN results r ON r.seq = (SELECT seq FROM results WHERE peer_id = p.id
+                                         ORDER BY checked_at_ms DESC, seq DESC LIMIT 1)
+         WHERE p.active = 1 AND p.skip_reason IS NULL",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let buffered = conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| r.get(0))?;
+    let dropped = get_state(conn, KEY_DROPPED)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Summary {
+        total_monitored: total,
+        healthy,
+        mean_response_ms: mean.map(|m| m.round() as i64),
+        buffered,
+        dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::Status;
+
+    fn result(peer_id: i64, status: Status, at: i64) -> CheckResult {
+        CheckResult {
+            peer_id,
+            uri: "tcp://h:1".into(),
+            status,
+            latency_us: (status == Status::Online).then_some(1500),
+            response_time: (status == Status::Online).then_some(2),
+            remote_version: None,
+            remote_hostname: None,
+            role: "member",
+            error: (status == Status::Offline).then(|| "connection refused".into()),
+            checked_at: clock::rfc3339(at),
+            checked_at_ms: at,
+            duration_ms: 5,
+        }
+    }
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("etp-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("probe.db")
+    }
+
+    fn flush(sender: &Sender<StoreMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender.send(StoreMsg::Flush(tx)).unwrap();
+        rx.recv().unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let path = temp_db("newer");
+        drop(open_rw(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = open_rw(&path).unwrap_err();
+        assert!(format!("{e:#}").contains("newer"), "{e:#}");
+        assert!(format!("{:#}", open_ro(&path).unwrap_err()).contains("newer"));
+    }
+
+    #[test]
+    fn outbox_caps_acks_and_summary() {
+        let path = temp_db("outbox");
+        let conn = open_rw(&path).unwrap();
+        let id = probe_id(&conn).unwrap();
+        let store = spawn(
+            conn,
+            WriterOptions {
+                auto_ack: false,
+                retention: Duration::from_secs(3600),
+                max_buffered: 5,
+            },
+        )
+        .unwrap();
+        let sender = store.sender();
+        let peer = crate::peer::peer_from_uri("tcp://h:1?id=7").unwrap();
+        sender
+            .send(StoreMsg::ReplacePeers {
+                peers: vec![StoredPeer { peer, skip_reason: None }],
+                etag: Some("\"v1\"".into()),
+            })
+            .unwrap();
+        let now = clock::now_ms();
+        for i in 0..8 {
+            let status = if i % 2 == 0 { Status::Online } else { Status::Offline };
+            sender.send(StoreMsg::Result(Box::new(result(7, status, now + i)))).unwrap();
+        }
+        flush(&sender);
+        let ro = open_ro(&path).unwrap();
+        let batch = outbox_batch(&ro, 100).unwrap();
+        // Eight written, five kept: the three oldest were dropped.
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        let s = summary(&ro).unwrap();
+        assert_eq!((s.total_monitored, s.healthy, s.buffered, s.dropped), (1, 0, 5, 3));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender.send(StoreMsg::Ack { first: 4, last: 6, done: tx }).unwrap();
+        rx.recv().unwrap();
+        assert_eq!(outbox_batch(&ro, 100).unwrap().len(), 2);
+        assert_eq!(get_state(&ro, KEY_PEERS_ETAG).unwrap().as_deref(), Some("\"v1\""));
+        let rows = peer_statuses(&ro, now + 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, "Offline");
+        assert_eq!(rows[0].checks_24h, 5);
+        assert_eq!(rows[0].uptime_24h, Some(40.0));
+        drop(sender);
+        store.shutdown();
+        // The id survives a reopen.
+        assert_eq!(probe_id(&open_rw(&path).unwrap()).unwrap(), id);
+    }
+}

@@ -107,3 +107,123 @@ impl TargetNode {
         format!("udp://127.0.0.1:{}", self.udp_port)
     }
 }
+
+pub mod backend;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn probe_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easytier-probe"));
+    // Tests decide every setting themselves.
+    for var in [
+        "PEERS_FILE", "HEALTH_CHECK_INTERVAL", "HEALTH_CHECK_TIMEOUT", "PROBE_WORKERS", "DATABASE_PATH",
+        "RETENTION_DAYS", "PROBE_NETWORK_NAME", "ALLOW_QUIC", "DISTRIBUTED_MODE_ENABLED", "BACKEND_BASE_URL",
+        "NODE_TOKEN", "NODE_TOKEN_FILE", "API_KEY", "API_KEY_FILE", "REGION", "PEER_FETCH_INTERVAL",
+        "STATUS_REPORT_INTERVAL", "REPORT_BATCH_SIZE", "MAX_BUFFERED_RESULTS", "STATE_DIRECTORY",
+        "NOTIFY_SOCKET", "WATCHDOG_USEC", "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("etp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The daemon under test, with stderr captured to a file.
+pub struct Daemon {
+    pub child: Child,
+    pub log_path: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, args: &[String], envs: &[(&str, String)]) -> Daemon {
+        let db = dir.join("probe.db");
+        let log_path = dir.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = probe_bin();
+        cmd.arg("--db").arg(&db).args(args).stdout(Stdio::null()).stderr(log);
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the daemon");
+        Daemon { child, log_path, db }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        let status = wait_for("the daemon to exit", timeout, || child.try_wait().unwrap());
+        status.code()
+    }
+
+    pub fn status_json(&self) -> Vec<serde_json::Value> {
+        status_json(&self.db)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `easytier-probe status --json` for a database.
+pub fn status_json(db: &Path) -> Vec<serde_json::Value> {
+    let out = probe_bin().args(["status", "--json", "--db"]).arg(db).output().unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+/// Rows of the results table, read straight from the SQLite file.
+pub fn count_results(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap()
+}
+
+/// A peer entry in the backend's shape.
+pub fn peer_json(id: i64, name: &str, uri_host: &str, port: u16, protocol: &str, network: &str, secret: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "name": name, "host": uri_host, "port": port, "protocol": protocol,
+        "network_name": network, "network_secret": secret, "status": "Online", "response_time": 5
+    })
+}

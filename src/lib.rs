@@ -1,0 +1,17 @@
+//! easytier-probe as a library: the modules behind the binary, shared with the tests and benchmarks.
+
+pub mod backend;
+pub mod check_cmd;
+pub mod checker;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod fetcher;
+pub mod logging;
+pub mod peer;
+pub mod probe;
+pub mod reporter;
+pub mod schedule;
+pub mod sdnotify;
+pub mod status;
+pub mod store;
