@@ -43,7 +43,7 @@ cargo build --release --locked
 # profile keeps some debug info for profiling; a package ships stripped
 # binaries (lintian: unstripped-binary-or-object).
 log "packaging"
-cargo deb --no-build --locked --strip --output "$target_dir/debian/"
+cargo deb --no-build --locked --strip --output "$target_dir/debian/" >&2
 
 # cargo pkgid prints e.g. path+file:///src/easytier-probe#easytier-probe@0.1.0
 pkgid=$(cargo pkgid)

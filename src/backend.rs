@@ -23,8 +23,13 @@ pub fn user_agent() -> String {
 #[derive(Debug)]
 pub enum BackendError {
     /// 401 or 403: the credential in `header` was refused.
-    Auth { status: u16, header: &'static str },
-    Status { status: u16 },
+    Auth {
+        status: u16,
+        header: &'static str,
+    },
+    Status {
+        status: u16,
+    },
     Transport(String),
     BadAnswer(String),
 }
@@ -74,7 +79,12 @@ pub struct BackendClient {
 }
 
 impl BackendClient {
-    pub fn new(base_url: &str, node_token: Secret, api_key: Option<Secret>, region: Option<String>) -> BackendClient {
+    pub fn new(
+        base_url: &str,
+        node_token: Secret,
+        api_key: Option<Secret>,
+        region: Option<String>,
+    ) -> BackendClient {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -125,7 +135,9 @@ impl BackendClient {
             if body.get("code").and_then(|c| c.as_i64()) != Some(200) {
                 return Err(BackendError::BadAnswer(format!(
                     "`code` is {} instead of 200",
-                    body.get("code").map(|c| c.to_string()).unwrap_or_else(|| "missing".into())
+                    body.get("code")
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "missing".into())
                 )));
             }
             let data = body
@@ -165,7 +177,11 @@ impl BackendClient {
     }
 
     /// Sends one status report; `Ok` only for 2xx with `code` 200.
-    pub fn put_status(&self, report: &StatusReport, timeout: Option<Duration>) -> Result<(), BackendError> {
+    pub fn put_status(
+        &self,
+        report: &StatusReport,
+        timeout: Option<Duration>,
+    ) -> Result<(), BackendError> {
         let mut request = self
             .agent
             .put(&format!("{}/nodes/status", self.base_url))
@@ -173,7 +189,8 @@ impl BackendClient {
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
-        let body = serde_json::to_vec(report).map_err(|e| BackendError::BadAnswer(e.to_string()))?;
+        let body =
+            serde_json::to_vec(report).map_err(|e| BackendError::BadAnswer(e.to_string()))?;
         let response = request
             .set("Content-Type", "application/json")
             .send_bytes(&body)
@@ -183,7 +200,9 @@ impl BackendClient {
             Some(200) => Ok(()),
             other => Err(BackendError::BadAnswer(format!(
                 "`code` is {} instead of 200",
-                other.map(|c| c.to_string()).unwrap_or_else(|| "missing".into())
+                other
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "missing".into())
             ))),
         }
     }

@@ -17,6 +17,9 @@ fn default_guest_network() -> String {
 }
 
 pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
+    if let Some(secret) = &config.peer.network_secret {
+        crate::logging::add_secret(secret);
+    }
     let opts = CheckOptions {
         timeout: config.timeout,
         probe_network_name: config

@@ -149,10 +149,18 @@ fn build_config(peer: &Peer, opts: &CheckOptions) -> Result<TomlConfigLoader, St
     config.set_network_identity(identity);
     config.set_peers(vec![PeerConfig { uri: url }]);
     config.set_listeners(Vec::new());
+    config.set_ipv4(None);
+    config.set_dhcp(false);
     let mut flags = config.get_flags();
-    // A check only needs the one direct connection: no TUN device, no
-    // hole punching, no connections to the rest of the peer's network.
-    flags.no_tun = true;
+    // A check only needs the one direct connection: no hole punching, no
+    // connections to the rest of the peer's network.
+    //
+    // `no_tun` stays false on purpose. With no_tun = true EasyTier starts its
+    // user-space proxies, among them a raw ICMP socket whose receive thread
+    // never ends: one leaked thread and socket per check whenever the process
+    // has CAP_NET_RAW. With no_tun = false and neither a virtual IPv4 address
+    // nor DHCP configured, EasyTier creates no TUN device and starts no proxy.
+    flags.no_tun = false;
     flags.disable_p2p = true;
     flags.disable_udp_hole_punching = true;
     config.set_flags(flags);
@@ -170,7 +178,9 @@ fn run_instance(
     let deadline = started + timeout;
     let mut instance = NetworkInstance::new(config);
     if let Err(e) = instance.start() {
-        return Verdict::offline(format!("could not start the probe's EasyTier instance: {e:#}"));
+        return Verdict::offline(format!(
+            "could not start the probe's EasyTier instance: {e:#}"
+        ));
     }
     let mut verdict = loop {
         let mut last_failure: Option<Failure> = None;
@@ -209,7 +219,9 @@ fn run_instance(
         if Instant::now() >= deadline {
             let secs = timeout.as_secs_f64();
             break Verdict::offline(match last_failure {
-                Some(failure) => format!("timed out after {secs:.1}s; last error: {}", failure.text),
+                Some(failure) => {
+                    format!("timed out after {secs:.1}s; last error: {}", failure.text)
+                }
                 None => format!("timed out after {secs:.1}s without an answer from the node"),
             });
         }
@@ -245,7 +257,9 @@ fn resolve(peer: &Peer) -> Result<Vec<&'static str>, String> {
 /// Looks for the peer among the directly connected ones.
 fn judge(info: &NetworkInstanceRunningInfo, expected: Role, peer: &Peer) -> Option<Verdict> {
     for pair in &info.peer_route_pairs {
-        let Some(conn_peer) = &pair.peer else { continue };
+        let Some(conn_peer) = &pair.peer else {
+            continue;
+        };
         if conn_peer.conns.is_empty() {
             continue;
         }
@@ -297,7 +311,6 @@ struct Failure {
     rejected: bool,
 }
 
-
 /// Turns EasyTier's connect error into plain words, and says whether it decides
 /// the verdict at once (nothing will change before the timeout).
 fn classify_connect_error(message: &str) -> Failure {
@@ -321,11 +334,12 @@ fn classify_connect_error(message: &str) -> Failure {
             rejected: true,
         };
     }
-    let text = if lower.contains("timeout") || lower.contains("timed out") || lower.contains("elapsed") {
-        "connection timed out".to_string()
-    } else {
-        format!("connection failed: {}", first_line(message))
-    };
+    let text =
+        if lower.contains("timeout") || lower.contains("timed out") || lower.contains("elapsed") {
+            "connection timed out".to_string()
+        } else {
+            format!("connection failed: {}", first_line(message))
+        };
     Failure {
         text,
         definitive: false,

@@ -305,7 +305,12 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
 }
 
 fn parse_bool(env: &dyn Env, var: &str) -> Result<bool> {
-    match env.get(var).as_deref().map(str::to_ascii_lowercase).as_deref() {
+    match env
+        .get(var)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("0" | "false" | "no" | "off") => Ok(false),
         Some("1" | "true" | "yes" | "on") => Ok(true),
         Some(other) => usage(format!("{var}: {other:?} is not true or false")),
@@ -314,9 +319,8 @@ fn parse_bool(env: &dyn Env, var: &str) -> Result<bool> {
 
 /// Reads a secret from a file; the error names the flag and the path, never the content.
 pub fn read_secret_file(path: &Path, source: &str) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        UsageError(format!("{source}: cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{source}: cannot read {}: {e}", path.display())))?;
     let value = text.trim_end_matches(['\n', '\r']).to_string();
     if value.is_empty() {
         return usage(format!("{source}: {} is empty", path.display()));
@@ -421,8 +425,18 @@ fn check_config(args: CheckArgs) -> Result<CheckConfig> {
 }
 
 fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
-    let interval = setting(cli.check_interval, "check-interval", env, "HEALTH_CHECK_INTERVAL");
-    let timeout = setting(cli.check_timeout, "check-timeout", env, "HEALTH_CHECK_TIMEOUT");
+    let interval = setting(
+        cli.check_interval,
+        "check-interval",
+        env,
+        "HEALTH_CHECK_INTERVAL",
+    );
+    let timeout = setting(
+        cli.check_timeout,
+        "check-timeout",
+        env,
+        "HEALTH_CHECK_TIMEOUT",
+    );
     let workers = setting(cli.workers, "workers", env, "PROBE_WORKERS");
     let retention = setting(cli.retention_days, "retention-days", env, "RETENTION_DAYS");
     let check_interval = parse_number(&interval, DEFAULT_CHECK_INTERVAL_SECS, 1, 86_400)?;
@@ -457,9 +471,16 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
                 "--peers-file and --peer are for standalone mode; in distributed mode the backend gives the peers",
             );
         }
-        let base = setting(cli.backend_base_url, "backend-base-url", env, "BACKEND_BASE_URL");
+        let base = setting(
+            cli.backend_base_url,
+            "backend-base-url",
+            env,
+            "BACKEND_BASE_URL",
+        );
         let Some(base) = base else {
-            return usage("--backend-base-url (or BACKEND_BASE_URL) is required in distributed mode");
+            return usage(
+                "--backend-base-url (or BACKEND_BASE_URL) is required in distributed mode",
+            );
         };
         let url = base.value.trim().trim_end_matches('/').to_string();
         let lower = url.to_ascii_lowercase();
@@ -472,7 +493,13 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
                 base.source, base.value
             ));
         }
-        let node_token = secret(cli.node_token, cli.node_token_file, "node-token", env, "NODE_TOKEN")?;
+        let node_token = secret(
+            cli.node_token,
+            cli.node_token_file,
+            "node-token",
+            env,
+            "NODE_TOKEN",
+        )?;
         let Some(node_token) = node_token else {
             return usage(
                 "--node-token or --node-token-file (or NODE_TOKEN / NODE_TOKEN_FILE) is required in distributed mode",
@@ -484,10 +511,30 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
             .or_else(|| env.get("REGION"))
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty());
-        let fetch = setting(cli.peer_fetch_interval, "peer-fetch-interval", env, "PEER_FETCH_INTERVAL");
-        let report = setting(cli.status_report_interval, "status-report-interval", env, "STATUS_REPORT_INTERVAL");
-        let batch = setting(cli.report_batch_size, "report-batch-size", env, "REPORT_BATCH_SIZE");
-        let max_buf = setting(cli.max_buffered_results, "max-buffered-results", env, "MAX_BUFFERED_RESULTS");
+        let fetch = setting(
+            cli.peer_fetch_interval,
+            "peer-fetch-interval",
+            env,
+            "PEER_FETCH_INTERVAL",
+        );
+        let report = setting(
+            cli.status_report_interval,
+            "status-report-interval",
+            env,
+            "STATUS_REPORT_INTERVAL",
+        );
+        let batch = setting(
+            cli.report_batch_size,
+            "report-batch-size",
+            env,
+            "REPORT_BATCH_SIZE",
+        );
+        let max_buf = setting(
+            cli.max_buffered_results,
+            "max-buffered-results",
+            env,
+            "MAX_BUFFERED_RESULTS",
+        );
         Some(DistributedConfig {
             backend_base_url: url,
             node_token,
@@ -501,11 +548,20 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
     } else {
         let stray = [
             (cli.backend_base_url.is_some(), "--backend-base-url"),
-            (cli.node_token.is_some() || cli.node_token_file.is_some(), "--node-token"),
-            (cli.api_key.is_some() || cli.api_key_file.is_some(), "--api-key"),
+            (
+                cli.node_token.is_some() || cli.node_token_file.is_some(),
+                "--node-token",
+            ),
+            (
+                cli.api_key.is_some() || cli.api_key_file.is_some(),
+                "--api-key",
+            ),
             (cli.region.is_some(), "--region"),
             (cli.peer_fetch_interval.is_some(), "--peer-fetch-interval"),
-            (cli.status_report_interval.is_some(), "--status-report-interval"),
+            (
+                cli.status_report_interval.is_some(),
+                "--status-report-interval",
+            ),
             (cli.report_batch_size.is_some(), "--report-batch-size"),
             (cli.max_buffered_results.is_some(), "--max-buffered-results"),
         ];
@@ -537,7 +593,10 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
 /// Parses argv; `Err` carries the exit status and the text to print.
 pub fn parse_args(args: &[String]) -> std::result::Result<Cli, (i32, String)> {
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (cmd, rest) = strs.split_first().map(|(c, r)| (*c, r)).unwrap_or(("easytier-probe", &[]));
+    let (cmd, rest) = strs
+        .split_first()
+        .map(|(c, r)| (*c, r))
+        .unwrap_or(("easytier-probe", &[]));
     let cmd = Path::new(cmd)
         .file_name()
         .and_then(|n| n.to_str())
@@ -592,10 +651,16 @@ mod tests {
         let env = [("DISTRIBUTED_MODE_ENABLED", "true")];
         let e = daemon(&[], &env).unwrap_err();
         assert!(e.0.contains("--backend-base-url"), "{e}");
-        let env = [("DISTRIBUTED_MODE_ENABLED", "true"), ("BACKEND_BASE_URL", "ftp://x")];
+        let env = [
+            ("DISTRIBUTED_MODE_ENABLED", "true"),
+            ("BACKEND_BASE_URL", "ftp://x"),
+        ];
         let e = daemon(&[], &env).unwrap_err();
         assert!(e.0.contains("BACKEND_BASE_URL"), "{e}");
-        let env = [("DISTRIBUTED_MODE_ENABLED", "true"), ("BACKEND_BASE_URL", "http://x/api/")];
+        let env = [
+            ("DISTRIBUTED_MODE_ENABLED", "true"),
+            ("BACKEND_BASE_URL", "http://x/api/"),
+        ];
         let e = daemon(&[], &env).unwrap_err();
         assert!(e.0.contains("--node-token"), "{e}");
         let env = [
@@ -615,7 +680,13 @@ mod tests {
     #[test]
     fn unreadable_token_file_is_a_usage_error() {
         let e = daemon(
-            &["--distributed-mode", "--backend-base-url", "http://x", "--node-token-file", "/nonexistent/token"],
+            &[
+                "--distributed-mode",
+                "--backend-base-url",
+                "http://x",
+                "--node-token-file",
+                "/nonexistent/token",
+            ],
             &NO_ENV,
         )
         .unwrap_err();

@@ -38,7 +38,8 @@ enum Signal {
 /// Registers the handlers and turns signals into events. A second stop
 /// signal exits at once, for an operator who will not wait for running checks.
 fn spawn_signal_thread() -> anyhow::Result<Receiver<Signal>> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
@@ -70,7 +71,10 @@ pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the peers file {}", path.display()))?;
     let list: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
-        format!("the peers file {} is not a JSON array of peer objects", path.display())
+        format!(
+            "the peers file {} is not a JSON array of peer objects",
+            path.display()
+        )
     })?;
     let (peers, problems) = peer::validate_list(list);
     for problem in problems {
@@ -87,7 +91,11 @@ fn standalone_peers(config: &DaemonConfig) -> anyhow::Result<Vec<Peer>> {
     };
     for peer in &config.cli_peers {
         if peers.iter().any(|p| p.id == peer.id) {
-            log::warn!("--peer {}: id {} is already in the peers file; skipped", peer.uri(), peer.id);
+            log::warn!(
+                "--peer {}: id {} is already in the peers file; skipped",
+                peer.uri(),
+                peer.id
+            );
         } else {
             peers.push(peer.clone());
         }
@@ -97,6 +105,12 @@ fn standalone_peers(config: &DaemonConfig) -> anyhow::Result<Vec<Peer>> {
 
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let Some(d) = &config.distributed {
+        crate::logging::add_secret(d.node_token.expose());
+        if let Some(key) = &d.api_key {
+            crate::logging::add_secret(key.expose());
+        }
+    }
     // Before any other thread exists, so every thread inherits the handlers.
     let signals = spawn_signal_thread()?;
     let initial = match config.distributed {
@@ -112,9 +126,16 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         None => {
             let cached = store::load_active_peers(&conn)?;
             // The ETag is only worth sending when the list it describes is at hand.
-            let etag = if cached.is_empty() { None } else { store::get_state(&conn, store::KEY_PEERS_ETAG)? };
+            let etag = if cached.is_empty() {
+                None
+            } else {
+                store::get_state(&conn, store::KEY_PEERS_ETAG)?
+            };
             if !cached.is_empty() {
-                log::info!("checking {} peers from the last good list until the backend answers", cached.len());
+                log::info!(
+                    "checking {} peers from the last good list until the backend answers",
+                    cached.len()
+                );
             }
             (cached, etag)
         }
@@ -124,7 +145,10 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         WriterOptions {
             auto_ack: config.distributed.is_none(),
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
-            max_buffered: config.distributed.as_ref().map_or(u64::MAX, |d| d.max_buffered_results),
+            max_buffered: config
+                .distributed
+                .as_ref()
+                .map_or(u64::MAX, |d| d.max_buffered_results),
         },
     )?;
     let short_id = &probe_id[..probe_id.len().min(8)];
@@ -153,7 +177,12 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let (updates_tx, updates_rx) = crossbeam_channel::unbounded::<PeerUpdate>();
     let (fetcher, reporter) = match &config.distributed {
         Some(d) => {
-            let client = BackendClient::new(&d.backend_base_url, d.node_token.clone(), d.api_key.clone(), d.region.clone());
+            let client = BackendClient::new(
+                &d.backend_base_url,
+                d.node_token.clone(),
+                d.api_key.clone(),
+                d.region.clone(),
+            );
             let fetcher = fetcher::spawn(client.clone(), d.peer_fetch_interval, etag, updates_tx)?;
             let reporter = reporter::spawn(
                 client,
@@ -176,7 +205,11 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
 
     let notifier = Notifier::new_from_env();
-    let mode = if config.distributed.is_some() { "distributed" } else { "standalone" };
+    let mode = if config.distributed.is_some() {
+        "distributed"
+    } else {
+        "standalone"
+    };
     log::info!(
         "easytier-probe {} started in {mode} mode: {} peers, every {}s, {} workers, timeout {}s, database {}",
         env!("CARGO_PKG_VERSION"),
@@ -190,7 +223,11 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let watchdog = notifier.watchdog_interval().map(tick).unwrap_or_else(never);
     let summary_tick = tick(config.check_interval.max(Duration::from_secs(10)));
-    let updates = if fetcher.is_some() { updates_rx } else { never() };
+    let updates = if fetcher.is_some() {
+        updates_rx
+    } else {
+        never()
+    };
     loop {
         main.dispatch(&pool, Instant::now());
         let wait = main
@@ -271,8 +308,12 @@ impl MainLoop {
         let mut stored = Vec::with_capacity(peers.len());
         let mut skipped = Vec::new();
         for peer in peers {
+            if let Some(secret) = &peer.network_secret {
+                crate::logging::add_secret(secret);
+            }
             let skip_reason = (peer.protocol == Protocol::Quic && !self.allow_quic).then(|| {
-                "quic checks give false Offline verdicts against 2.6.x nodes (see --allow-quic)".to_string()
+                "quic checks give false Offline verdicts against 2.6.x nodes (see --allow-quic)"
+                    .to_string()
             });
             if skip_reason.is_some() {
                 skipped.push(peer.clone());
@@ -283,7 +324,10 @@ impl MainLoop {
         }
         let skipped_ids: HashSet<i64> = skipped.iter().map(|p| p.id).collect();
         if !skipped.is_empty() && skipped_ids != self.skipped {
-            let names: Vec<String> = skipped.iter().map(|p| format!("{} ({})", p.name, p.uri())).collect();
+            let names: Vec<String> = skipped
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.uri()))
+                .collect();
             log::warn!(
                 "not checking {} quic peer(s), shown as unsupported: quic checks give false Offline verdicts against current (2.6.x) nodes; pass --allow-quic for nodes running 2.0.x: {}",
                 skipped.len(),
@@ -291,7 +335,15 @@ impl MainLoop {
             );
         }
         self.skipped = skipped_ids;
-        if persist && self.store.send(StoreMsg::ReplacePeers { peers: stored, etag }).is_err() {
+        if persist
+            && self
+                .store
+                .send(StoreMsg::ReplacePeers {
+                    peers: stored,
+                    etag,
+                })
+                .is_err()
+        {
             log::error!("the store writer is gone; the new peer list is not saved");
         }
         let changes = self.schedule.replace(checkable, Instant::now());

@@ -109,10 +109,20 @@ fn run(
                 log::info!(
                     "fetched {} peers in {pages} page(s){}",
                     peers.len(),
-                    if problems.is_empty() { String::new() } else { format!(", {} invalid skipped", problems.len()) }
+                    if problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} invalid skipped", problems.len())
+                    }
                 );
                 etag = new_etag.clone();
-                if updates.send(PeerUpdate { peers, etag: new_etag }).is_err() {
+                if updates
+                    .send(PeerUpdate {
+                        peers,
+                        etag: new_etag,
+                    })
+                    .is_err()
+                {
                     return;
                 }
                 backoff = FIRST_BACKOFF;
@@ -120,7 +130,10 @@ fn run(
             }
             Err(e) if e.is_auth() => {
                 // Not a tight loop: a wrong key stays wrong until someone fixes it.
-                log::error!("peer fetch: {e}; keeping the last good peer list, next try in {}s", interval.as_secs());
+                log::error!(
+                    "peer fetch: {e}; keeping the last good peer list, next try in {}s",
+                    interval.as_secs()
+                );
                 next = Instant::now() + interval;
             }
             Err(e) => {
@@ -159,7 +172,10 @@ mod tests {
     fn jitter_stays_within_half_to_full() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(10));
-            assert!(j >= Duration::from_secs(5) && j <= Duration::from_secs(10), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
+                "{j:?}"
+            );
         }
     }
 }

@@ -42,7 +42,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            let code = if error.downcast_ref::<UsageError>().is_some() { 2 } else { 1 };
+            let code = if error.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                1
+            };
             eprintln!("easytier-probe: {error:#}");
             ExitCode::from(code)
         }

@@ -84,7 +84,10 @@ impl fmt::Debug for Peer {
             .field("name", &self.name)
             .field("uri", &self.uri())
             .field("network_name", &self.network_name)
-            .field("network_secret", &self.network_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "network_secret",
+                &self.network_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -304,6 +307,12 @@ pub fn validate_list(raw: Vec<serde_json::Value>) -> (Vec<Peer>, Vec<String>) {
     let mut seen = std::collections::HashSet::new();
     let mut problems = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
+        // Known before anything can print it, whatever shape the entry has.
+        match value.get("network_secret") {
+            Some(serde_json::Value::String(secret)) => crate::logging::add_secret(secret),
+            Some(serde_json::Value::Null) | None => {}
+            Some(other) => crate::logging::add_secret(&other.to_string()),
+        }
         let parsed = serde_json::from_value::<RawPeer>(value)
             .map_err(|e| anyhow::anyhow!("not a peer object: {e}"))
             .and_then(Peer::from_raw);
@@ -368,7 +377,9 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secret() {
-        let (peers, _) = validate_list(vec![json!({"id": 1, "host": "h", "port": 1, "protocol": "tcp", "network_name": "n", "network_secret": "hunter2"})]);
+        let (peers, _) = validate_list(vec![
+            json!({"id": 1, "host": "h", "port": 1, "protocol": "tcp", "network_name": "n", "network_secret": "hunter2"}),
+        ]);
         let text = format!("{:?}", peers[0]);
         assert!(!text.contains("hunter2"));
         assert_eq!(peers[0].role(), Role::Member);

@@ -71,7 +71,10 @@ impl ProbePool {
                         let error = result.error.clone();
                         // The store outlives the workers; a send error means it died.
                         if results.send(StoreMsg::Result(Box::new(result))).is_err() {
-                            log::error!("the store writer is gone; result for peer {} lost", peer.id);
+                            log::error!(
+                                "the store writer is gone; result for peer {} lost",
+                                peer.id
+                            );
                         }
                         let _ = finished.send(Finished {
                             peer_id: peer.id,

@@ -59,7 +59,14 @@ pub fn spawn(
     let (commands, command_rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
         .name("reporter".into())
-        .spawn(move || Reporter { client, options, store }.run(command_rx))
+        .spawn(move || {
+            Reporter {
+                client,
+                options,
+                store,
+            }
+            .run(command_rx)
+        })
         .context("cannot start the reporter thread")?;
     Ok(ReporterHandle {
         commands: Some(commands),
@@ -114,7 +121,10 @@ impl Reporter {
                         jitter(backoff.min(self.options.interval))
                     };
                     if auth {
-                        log::error!("status report: {e:#}; results stay buffered, next try in {}s", delay.as_secs());
+                        log::error!(
+                            "status report: {e:#}; results stay buffered, next try in {}s",
+                            delay.as_secs()
+                        );
                     } else {
                         log::warn!(
                             "status report failed: {e:#}; results stay buffered, retrying in {:.1}s",
@@ -140,7 +150,9 @@ impl Reporter {
                 Ok(sent) if sent.results >= self.options.batch_size => continue,
                 Ok(_) => return,
                 Err(e) => {
-                    log::warn!("final status report failed: {e:#}; unsent results stay in the database");
+                    log::warn!(
+                        "final status report failed: {e:#}; unsent results stay in the database"
+                    );
                     return;
                 }
             }
@@ -154,7 +166,10 @@ impl Reporter {
         let summary = store::summary(&conn)?;
         let results = store::outbox_batch(&conn, self.options.batch_size)?;
         drop(conn);
-        let range = results.first().map(|f| f.seq).zip(results.last().map(|l| l.seq));
+        let range = results
+            .first()
+            .map(|f| f.seq)
+            .zip(results.last().map(|l| l.seq));
         let report = StatusReport {
             status: "Online",
             response_time: summary.mean_response_ms,

@@ -41,6 +41,10 @@ impl Schedule {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Replaces the peer set. Known peers keep their phase; new peers are
     /// spread one slot (`interval / peers`) apart from now on, so that neither
     /// a start nor a big addition becomes a burst of simultaneous checks.
@@ -170,7 +174,14 @@ mod tests {
         s.replace(peers(&[1, 2]), t0);
         s.dispatched(1, t0);
         let c = s.replace(peers(&[1, 3]), t0 + Duration::from_secs(1));
-        assert_eq!(c, Changes { added: 1, removed: 1, updated: 0 });
+        assert_eq!(
+            c,
+            Changes {
+                added: 1,
+                removed: 1,
+                updated: 0
+            }
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s.in_flight(), 1);
         s.finished(2); // a result for a removed peer is harmless

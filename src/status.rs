@@ -18,7 +18,15 @@ pub fn run(config: StatusConfig) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let header = [
-        "ID", "NAME", "URI", "STATUS", "LATENCY", "VERSION", "LAST CHECK", "CHECKS 24H", "UPTIME 24H",
+        "ID",
+        "NAME",
+        "URI",
+        "STATUS",
+        "LATENCY",
+        "VERSION",
+        "LAST CHECK",
+        "CHECKS 24H",
+        "UPTIME 24H",
     ];
     let table: Vec<[String; 9]> = rows
         .iter()

@@ -181,7 +181,9 @@ fn ensure_probe_id(conn: &Connection) -> anyhow::Result<()> {
 
 pub fn get_state(conn: &Connection, key: &str) -> anyhow::Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT value FROM probe_state WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM probe_state WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
@@ -265,7 +267,9 @@ struct OutboxCap {
 impl Writer {
     fn new(conn: Connection, options: WriterOptions) -> anyhow::Result<Writer> {
         let unacked: u64 =
-            conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| r.get(0))?;
+            conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| {
+                r.get(0)
+            })?;
         let outbox = OutboxCap {
             unacked,
             max: options.max_buffered,
@@ -345,7 +349,10 @@ impl Writer {
                             match etag {
                                 Some(etag) => set_state(&tx, KEY_PEERS_ETAG, &etag)?,
                                 None => {
-                                    tx.execute("DELETE FROM probe_state WHERE key = ?1", [KEY_PEERS_ETAG])?;
+                                    tx.execute(
+                                        "DELETE FROM probe_state WHERE key = ?1",
+                                        [KEY_PEERS_ETAG],
+                                    )?;
                                 }
                             }
                         }
@@ -377,7 +384,6 @@ impl Writer {
             let _ = reply.send(());
         }
     }
-
 }
 
 impl OutboxCap {
@@ -583,7 +589,9 @@ pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let buffered = conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| r.get(0))?;
+    let buffered = conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| {
+        r.get(0)
+    })?;
     let dropped = get_state(conn, KEY_DROPPED)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -661,27 +669,51 @@ mod tests {
         let peer = crate::peer::peer_from_uri("tcp://h:1?id=7").unwrap();
         sender
             .send(StoreMsg::ReplacePeers {
-                peers: vec![StoredPeer { peer, skip_reason: None }],
+                peers: vec![StoredPeer {
+                    peer,
+                    skip_reason: None,
+                }],
                 etag: Some("\"v1\"".into()),
             })
             .unwrap();
         let now = clock::now_ms();
         for i in 0..8 {
-            let status = if i % 2 == 0 { Status::Online } else { Status::Offline };
-            sender.send(StoreMsg::Result(Box::new(result(7, status, now + i)))).unwrap();
+            let status = if i % 2 == 0 {
+                Status::Online
+            } else {
+                Status::Offline
+            };
+            sender
+                .send(StoreMsg::Result(Box::new(result(7, status, now + i))))
+                .unwrap();
         }
         flush(&sender);
         let ro = open_ro(&path).unwrap();
         let batch = outbox_batch(&ro, 100).unwrap();
         // Eight written, five kept: the three oldest were dropped.
-        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![4, 5, 6, 7, 8]
+        );
         let s = summary(&ro).unwrap();
-        assert_eq!((s.total_monitored, s.healthy, s.buffered, s.dropped), (1, 0, 5, 3));
+        assert_eq!(
+            (s.total_monitored, s.healthy, s.buffered, s.dropped),
+            (1, 0, 5, 3)
+        );
         let (tx, rx) = crossbeam_channel::bounded(1);
-        sender.send(StoreMsg::Ack { first: 4, last: 6, done: tx }).unwrap();
+        sender
+            .send(StoreMsg::Ack {
+                first: 4,
+                last: 6,
+                done: tx,
+            })
+            .unwrap();
         rx.recv().unwrap();
         assert_eq!(outbox_batch(&ro, 100).unwrap().len(), 2);
-        assert_eq!(get_state(&ro, KEY_PEERS_ETAG).unwrap().as_deref(), Some("\"v1\""));
+        assert_eq!(
+            get_state(&ro, KEY_PEERS_ETAG).unwrap().as_deref(),
+            Some("\"v1\"")
+        );
         let rows = peer_statuses(&ro, now + 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].status, "Offline");

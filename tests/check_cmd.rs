@@ -19,8 +19,19 @@ fn check(args: &[&str]) -> (Option<i32>, Value, Output) {
 fn member_check_is_online_with_version_latency_and_host() {
     require_private_netns();
     let node = TargetNode::start("net-member", "s3cret-member", "member-node");
-    let (code, r, out) = check(&[&node.tcp_uri(), "--network-name", "net-member", "--network-secret", "s3cret-member"]);
-    assert_eq!(code, Some(0), "{r} {}", String::from_utf8_lossy(&out.stderr));
+    let (code, r, out) = check(&[
+        &node.tcp_uri(),
+        "--network-name",
+        "net-member",
+        "--network-secret",
+        "s3cret-member",
+    ]);
+    assert_eq!(
+        code,
+        Some(0),
+        "{r} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(r["status"], "Online");
     assert_eq!(r["role"], "member");
     assert_eq!(r["remote_hostname"], "member-node");
@@ -49,7 +60,13 @@ fn relay_check_is_online_as_public_server() {
 fn udp_peer_is_online() {
     require_private_netns();
     let node = TargetNode::start("net-udp", "udp-secret", "udp-node");
-    let (code, r, _) = check(&[&node.udp_uri(), "--network-name", "net-udp", "--network-secret", "udp-secret"]);
+    let (code, r, _) = check(&[
+        &node.udp_uri(),
+        "--network-name",
+        "net-udp",
+        "--network-secret",
+        "udp-secret",
+    ]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["role"], "member");
     assert!(r["uri"].as_str().unwrap().starts_with("udp://"));
@@ -100,7 +117,13 @@ fn silent_peer_is_offline_at_the_timeout() {
     let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
     let (code, r, _) = check(&[&uri, "--timeout", "2"]);
     assert_eq!(code, Some(1), "{r}");
-    assert!(r["error"].as_str().unwrap().starts_with("timed out after 2.0s"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("timed out after 2.0s"),
+        "{r}"
+    );
     assert!(r["duration_ms"].as_u64().unwrap() >= 2000, "{r}");
 }
 
@@ -109,18 +132,30 @@ fn unknown_name_is_offline_as_not_resolved() {
     require_private_netns();
     let (code, r, _) = check(&["tcp://no-such-node.invalid:11010"]);
     assert_eq!(code, Some(1), "{r}");
-    assert!(r["error"].as_str().unwrap().starts_with("name not resolved"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("name not resolved"),
+        "{r}"
+    );
 }
 
 #[test]
 fn text_output_is_one_line() {
     require_private_netns();
     let port = free_port();
-    let out = probe_bin().args(["check", &format!("tcp://127.0.0.1:{port}")]).output().unwrap();
+    let out = probe_bin()
+        .args(["check", &format!("tcp://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains("Offline") && text.contains("connection refused"), "{text}");
+    assert!(
+        text.contains("Offline") && text.contains("connection refused"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -129,10 +164,26 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (vec!["check", "tcp://host"], "port"),
         (vec!["check", "smtp://host:25"], "unknown protocol"),
         (vec!["check", "tcp://host:99999"], "port"),
-        (vec!["check", "tcp://host:1", "--timeout", "soon"], "--timeout"),
+        (
+            vec!["check", "tcp://host:1", "--timeout", "soon"],
+            "--timeout",
+        ),
         (vec!["check", "quic://host:1"], "--allow-quic"),
-        (vec!["check", "tcp://host:1", "--network-secret", "x"], "--network-name"),
-        (vec!["check", "tcp://host:1", "--network-name", "n", "--network-secret-file", "/nonexistent"], "--network-secret-file"),
+        (
+            vec!["check", "tcp://host:1", "--network-secret", "x"],
+            "--network-name",
+        ),
+        (
+            vec![
+                "check",
+                "tcp://host:1",
+                "--network-name",
+                "n",
+                "--network-secret-file",
+                "/nonexistent",
+            ],
+            "--network-secret-file",
+        ),
         (vec!["check", "tcp://host:1", "--bogus"], "--bogus"),
     ] {
         let out = probe_bin().args(&args).output().unwrap();

@@ -27,7 +27,9 @@ impl Request {
         })
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("request body is JSON")
@@ -52,7 +54,12 @@ impl Response {
         }
     }
     pub fn raw(status: u16, body: &[u8]) -> Response {
-        Response { status, headers: vec![], body: body.to_vec(), delay: Duration::ZERO }
+        Response {
+            status,
+            headers: vec![],
+            body: body.to_vec(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn with_header(mut self, k: &str, v: &str) -> Response {
         self.headers.push((k.into(), v.into()));
@@ -87,7 +94,11 @@ impl FakeBackend {
                 });
             }
         });
-        FakeBackend { port, requests, handler }
+        FakeBackend {
+            port,
+            requests,
+            handler,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -110,7 +121,11 @@ impl FakeBackend {
     }
 }
 
-fn serve(stream: TcpStream, requests: &Mutex<Vec<Request>>, handler: &Mutex<Handler>) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    requests: &Mutex<Vec<Request>>,
+    handler: &Mutex<Handler>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut stream = stream;
     loop {
@@ -133,14 +148,27 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<Request>>, handler: &Mutex<Hand
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
-        let request = Request { method, target, headers, body };
+        let request = Request {
+            method,
+            target,
+            headers,
+            body,
+        };
         requests.lock().unwrap().push(request.clone());
         let response = (handler.lock().unwrap())(&request);
         std::thread::sleep(response.delay);
-        let reason = match response.status { 200 => "OK", 304 => "Not Modified", 401 => "Unauthorized", _ => "Status" };
+        let reason = match response.status {
+            200 => "OK",
+            304 => "Not Modified",
+            401 => "Unauthorized",
+            _ => "Status",
+        };
         let mut head = format!("HTTP/1.1 {} {reason}\r\n", response.status);
         for (k, v) in &response.headers {
             head.push_str(&format!("{k}: {v}\r\n"));

@@ -71,9 +71,9 @@ impl TargetNode {
             format!("tcp://127.0.0.1:{tcp_port}").parse().unwrap(),
             format!("udp://127.0.0.1:{udp_port}").parse().unwrap(),
         ]);
-        let mut flags = config.get_flags();
-        flags.no_tun = true;
-        config.set_flags(flags);
+        // Like the probe: no TUN device (no address, no DHCP) and, unlike
+        // no_tun = true, no user-space proxies with their raw ICMP socket.
+        config.set_dhcp(false);
         let mut instance = NetworkInstance::new(config);
         instance.start().expect("start target node");
         let node = TargetNode {
@@ -94,7 +94,10 @@ impl TargetNode {
             if std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "target node did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "target node did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -117,11 +120,29 @@ pub fn probe_bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_easytier-probe"));
     // Tests decide every setting themselves.
     for var in [
-        "PEERS_FILE", "HEALTH_CHECK_INTERVAL", "HEALTH_CHECK_TIMEOUT", "PROBE_WORKERS", "DATABASE_PATH",
-        "RETENTION_DAYS", "PROBE_NETWORK_NAME", "ALLOW_QUIC", "DISTRIBUTED_MODE_ENABLED", "BACKEND_BASE_URL",
-        "NODE_TOKEN", "NODE_TOKEN_FILE", "API_KEY", "API_KEY_FILE", "REGION", "PEER_FETCH_INTERVAL",
-        "STATUS_REPORT_INTERVAL", "REPORT_BATCH_SIZE", "MAX_BUFFERED_RESULTS", "STATE_DIRECTORY",
-        "NOTIFY_SOCKET", "WATCHDOG_USEC", "RUST_LOG",
+        "PEERS_FILE",
+        "HEALTH_CHECK_INTERVAL",
+        "HEALTH_CHECK_TIMEOUT",
+        "PROBE_WORKERS",
+        "DATABASE_PATH",
+        "RETENTION_DAYS",
+        "PROBE_NETWORK_NAME",
+        "ALLOW_QUIC",
+        "DISTRIBUTED_MODE_ENABLED",
+        "BACKEND_BASE_URL",
+        "NODE_TOKEN",
+        "NODE_TOKEN_FILE",
+        "API_KEY",
+        "API_KEY_FILE",
+        "REGION",
+        "PEER_FETCH_INTERVAL",
+        "STATUS_REPORT_INTERVAL",
+        "REPORT_BATCH_SIZE",
+        "MAX_BUFFERED_RESULTS",
+        "STATE_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "RUST_LOG",
     ] {
         cmd.env_remove(var);
     }
@@ -158,16 +179,30 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(dir: &Path, args: &[String], envs: &[(&str, String)]) -> Daemon {
         let db = dir.join("probe.db");
-        let log_path = dir.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log_path = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = probe_bin();
-        cmd.arg("--db").arg(&db).args(args).stdout(Stdio::null()).stderr(log);
+        cmd.arg("--db")
+            .arg(&db)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log);
         cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start the daemon");
-        Daemon { child, log_path, db }
+        Daemon {
+            child,
+            log_path,
+            db,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -205,7 +240,11 @@ impl Drop for Daemon {
 
 /// `easytier-probe status --json` for a database.
 pub fn status_json(db: &Path) -> Vec<serde_json::Value> {
-    let out = probe_bin().args(["status", "--json", "--db"]).arg(db).output().unwrap();
+    let out = probe_bin()
+        .args(["status", "--json", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "status failed: {}",
@@ -216,12 +255,23 @@ pub fn status_json(db: &Path) -> Vec<serde_json::Value> {
 
 /// Rows of the results table, read straight from the SQLite file.
 pub fn count_results(db: &Path) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0)).unwrap()
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// A peer entry in the backend's shape.
-pub fn peer_json(id: i64, name: &str, uri_host: &str, port: u16, protocol: &str, network: &str, secret: Option<&str>) -> serde_json::Value {
+pub fn peer_json(
+    id: i64,
+    name: &str,
+    uri_host: &str,
+    port: u16,
+    protocol: &str,
+    network: &str,
+    secret: Option<&str>,
+) -> serde_json::Value {
     serde_json::json!({
         "id": id, "name": name, "host": uri_host, "port": port, "protocol": protocol,
         "network_name": network, "network_secret": secret, "status": "Online", "response_time": 5

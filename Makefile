@@ -1,0 +1,57 @@
+# easytier-probe: the commands a developer needs. `make help` lists them.
+#
+# Tests and benchmarks start real EasyTier nodes. EasyTier binds to every
+# interface and contacts public STUN servers, so they run inside a private
+# network namespace with loopback only (`unshare --net`), where nothing can
+# leave the machine.
+
+CARGO ?= cargo
+ARGS ?=
+# As root `unshare --net` is enough; otherwise map the user to root in a new user namespace.
+UNSHARE := $(if $(filter 0,$(shell id -u)),unshare --net,unshare --net --map-root-user)
+IN_NETNS := $(UNSHARE) sh -c 'ip link set lo up && exec "$$@"' netns
+
+.PHONY: help deps build run test lint fmt bench bench-scale deb clean
+
+help:
+	@echo "make run ARGS='...'  build and run the probe (e.g. ARGS='check tcp://host:11010')"
+	@echo "make test            the whole test suite (lint, unit, integration) in a private netns"
+	@echo "make bench           benchmarks (results go to BENCHMARKS.md by hand)"
+	@echo "make deb             build target/debian/easytier-probe_<version>_<arch>.deb"
+
+# Checks (and as root installs) what the build and the tests need besides Rust.
+deps:
+	@sh scripts/deps.sh
+
+build: deps
+	$(CARGO) build --locked --release
+
+run: build
+	./target/release/easytier-probe $(ARGS)
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	mandoc -Tlint -W warning man/easytier-probe.8
+
+fmt:
+	$(CARGO) fmt
+
+# Build outside the namespace (cargo may fetch crates), run inside it offline.
+test: lint
+	$(CARGO) test --locked --no-run
+	$(IN_NETNS) $(CARGO) test --locked --offline
+
+bench: deps
+	$(CARGO) build --locked --release --benches
+	$(IN_NETNS) $(CARGO) bench --locked --offline --bench checks
+
+bench-scale: deps
+	$(CARGO) build --locked --release --benches
+	$(IN_NETNS) $(CARGO) bench --locked --offline --bench scale
+
+deb: deps
+	bash packaging/build-deb.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Checks the tools the build and the tests need besides the Rust toolchain.
+# As root on Debian it installs what is missing; otherwise it says how.
+set -eu
+
+missing=""
+need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
+need protoc protobuf-compiler      # easytier's build runs prost-build
+need unshare util-linux            # private network namespace for tests
+need ip iproute2                   # `ip link set lo up` inside it
+need mandoc mandoc                 # man page lint
+command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found; install the Rust toolchain (https://rustup.rs)" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "deps: installing$missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "deps: missing Debian packages:$missing" >&2
+        echo "deps: install them with: sudo apt-get install$missing" >&2
+        exit 1
+    fi
+fi

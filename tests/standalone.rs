@@ -1,0 +1,338 @@
+//! The standalone daemon against real EasyTier nodes: cycles, status, signals, bad input.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn row(rows: &[Value], id: i64) -> &Value {
+    rows.iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no row for peer {id} in {rows:?}"))
+}
+
+#[test]
+fn watches_peers_over_several_cycles_and_stops_cleanly() {
+    require_private_netns();
+    let member = TargetNode::start("net-sa", "sa-secret-123", "sa-member");
+    let relay = TargetNode::start("net-sa-relay", "relay-secret", "sa-relay");
+    let refused_port = free_port();
+    let dir = temp_dir("cycles");
+    let peers_file = dir.join("peers.json");
+    std::fs::write(
+        &peers_file,
+        json!([
+            peer_json(
+                1,
+                "member",
+                "127.0.0.1",
+                member.tcp_port,
+                "tcp",
+                "net-sa",
+                Some("sa-secret-123")
+            ),
+            peer_json(2, "relay-udp", "127.0.0.1", relay.udp_port, "udp", "", None),
+            peer_json(3, "refused", "127.0.0.1", refused_port, "tcp", "", None),
+            peer_json(4, "old-quic", "127.0.0.1", 11012, "quic", "", None),
+            peer_json(5, "bad-port", "127.0.0.1", 0, "tcp", "", None),
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(
+        &dir,
+        &[
+            "--peers-file".into(),
+            peers_file.to_str().unwrap().into(),
+            "--check-interval".into(),
+            "2".into(),
+            "--check-timeout".into(),
+            "3".into(),
+            "--workers".into(),
+            "3".into(),
+        ],
+        &[],
+    );
+    // Several cycles: every checked peer has at least three results.
+    let rows = wait_for(
+        "three cycles in status --json",
+        Duration::from_secs(40),
+        || {
+            let rows = if daemon.db.exists() {
+                daemon.status_json()
+            } else {
+                return None;
+            };
+            let done = [1, 2, 3].iter().all(|id| {
+                rows.iter()
+                    .any(|r| r["id"] == *id && r["checks_24h"].as_i64().unwrap_or(0) >= 3)
+            });
+            done.then_some(rows)
+        },
+    );
+    assert_eq!(rows.len(), 4, "the invalid entry is skipped: {rows:?}");
+    let m = row(&rows, 1);
+    assert_eq!(m["status"], "Online");
+    assert_eq!(m["uri"], format!("tcp://127.0.0.1:{}", member.tcp_port));
+    assert_eq!(m["remote_version"].as_str().unwrap(), easytier::VERSION);
+    assert!(m["latency_us"].as_i64().unwrap() > 0);
+    assert_eq!(m["uptime_24h"], 100.0);
+    assert_eq!(row(&rows, 2)["status"], "Online");
+    let r = row(&rows, 3);
+    assert_eq!(r["status"], "Offline");
+    assert_eq!(r["uptime_24h"], 0.0);
+    let q = row(&rows, 4);
+    assert_eq!(q["status"], "unsupported");
+    assert_eq!(q["checks_24h"], 0);
+    let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "id",
+        "name",
+        "uri",
+        "status",
+        "latency_us",
+        "remote_version",
+        "last_checked_at",
+        "checks_24h",
+        "uptime_24h",
+    ];
+    expected.sort();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort();
+    assert_eq!(keys_sorted, expected);
+
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("entry 4") && log.contains("port"),
+        "invalid entry warned about: {log}"
+    );
+    assert!(
+        log.contains("old-quic"),
+        "quic peer named in a warning: {log}"
+    );
+    assert!(!log.contains("sa-secret-123"), "secret leaked into the log");
+    // Everything written is there after the exit, and the database reopens.
+    let rows_after = status_json(&daemon.db);
+    let total: i64 = rows_after
+        .iter()
+        .map(|r| r["checks_24h"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, count_results(&daemon.db));
+    assert!(total >= 9);
+    // Spread, not burst: the peers were not all checked in the same instant.
+    let conn = rusqlite::Connection::open(&daemon.db).unwrap();
+    let firsts: Vec<i64> = conn
+        .prepare("SELECT min(checked_at_ms) FROM results GROUP BY peer_id ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        firsts.last().unwrap() - firsts.first().unwrap() >= 500,
+        "first checks were a burst: {firsts:?}"
+    );
+}
+
+#[test]
+fn sighup_rereads_the_peers_file_and_keeps_it_when_broken() {
+    require_private_netns();
+    let dir = temp_dir("sighup");
+    let peers_file = dir.join("peers.json");
+    let (p1, p2) = (free_port(), free_port());
+    std::fs::write(
+        &peers_file,
+        json!([peer_json(1, "one", "127.0.0.1", p1, "tcp", "", None)]).to_string(),
+    )
+    .unwrap();
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &dir,
+        &[
+            "--peers-file".into(),
+            peers_file.to_str().unwrap().into(),
+            "--check-interval".into(),
+            "1".into(),
+        ],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap().to_string())],
+    );
+    let mut buf = [0u8; 512];
+    let len = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    assert!(
+        String::from_utf8_lossy(&buf[..len]).starts_with("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..len])
+    );
+
+    std::fs::write(
+        &peers_file,
+        json!([
+            peer_json(1, "one", "127.0.0.1", p1, "tcp", "", None),
+            peer_json(2, "two", "127.0.0.1", p2, "tcp", "", None)
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    wait_for(
+        "peer 2 checked after SIGHUP",
+        Duration::from_secs(20),
+        || {
+            let rows = daemon.status_json();
+            (rows.len() == 2 && rows.iter().all(|r| r["checks_24h"].as_i64().unwrap() > 0))
+                .then_some(())
+        },
+    );
+    std::fs::write(&peers_file, "[{\"id\": 1, ").unwrap();
+    daemon.signal("HUP");
+    wait_for(
+        "a warning about the broken file",
+        Duration::from_secs(10),
+        || {
+            daemon
+                .log()
+                .contains("keeping the current peers")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        daemon.status_json().len(),
+        2,
+        "the last good peer set is kept"
+    );
+
+    daemon.signal("TERM");
+    let len = notify.recv(&mut buf).expect("STOPPING=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..len]).starts_with("STOPPING=1"));
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    require_private_netns();
+    let dir = temp_dir("second-signal");
+    // A peer that never answers keeps a check running for the whole timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mut daemon = Daemon::start(
+        &dir,
+        &["--peer".into(), uri, "--check-timeout".into(), "120".into()],
+        &[],
+    );
+    wait_for("the check to start", Duration::from_secs(20), || {
+        daemon
+            .log()
+            .contains("started in standalone mode")
+            .then_some(())
+    });
+    daemon.signal("TERM");
+    wait_for("the stop to be seen", Duration::from_secs(10), || {
+        daemon.log().contains("stopping").then_some(())
+    });
+    // The first signal waits for the running check (120 s); the second does not.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(128 + 15));
+}
+
+#[test]
+fn bad_input_exits_2_before_any_work() {
+    let dir = temp_dir("bad-input");
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, "{ not json").unwrap();
+    let not_array = dir.join("object.json");
+    std::fs::write(&not_array, "{\"peers\": []}").unwrap();
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--peers-file".into(), malformed.to_str().unwrap().into()],
+            vec![],
+            "not a JSON array",
+        ),
+        (
+            vec!["--peers-file".into(), not_array.to_str().unwrap().into()],
+            vec![],
+            "not a JSON array",
+        ),
+        (
+            vec![
+                "--peers-file".into(),
+                dir.join("missing.json").to_str().unwrap().into(),
+            ],
+            vec![],
+            "cannot read",
+        ),
+        (
+            vec![
+                "--peer".into(),
+                "tcp://h:1".into(),
+                "--workers".into(),
+                "many".into(),
+            ],
+            vec![],
+            "--workers",
+        ),
+        (
+            vec!["--peer".into(), "tcp://h:1".into()],
+            vec![("HEALTH_CHECK_INTERVAL", "0")],
+            "HEALTH_CHECK_INTERVAL",
+        ),
+        (vec!["--peer".into(), "tcp://h".into()], vec![], "--peer"),
+        (vec![], vec![], "nothing to watch"),
+        (
+            vec![
+                "--peer".into(),
+                "tcp://h:1".into(),
+                "--region".into(),
+                "eu".into(),
+            ],
+            vec![],
+            "--distributed-mode",
+        ),
+    ];
+    for (i, (args, envs, needle)) in cases.into_iter().enumerate() {
+        let db = dir.join(format!("probe-{i}.db"));
+        let mut cmd = probe_bin();
+        cmd.arg("--db").arg(&db).args(&args);
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {envs:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            !db.exists(),
+            "{args:?}: the database was created before the input was checked"
+        );
+    }
+}
+
+#[test]
+fn version_names_both_versions() {
+    let out = probe_bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains(easytier::VERSION),
+        "{text}"
+    );
+}
