@@ -13,7 +13,12 @@ pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// A backend that keeps saying "next batch" forever is cut off here.
 pub const MAX_PAGES: u32 = 1_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The whole-request timeout for a request repeated every `interval`: a
+/// request may not outlive the next one's turn, within 2 to 20 seconds.
+pub fn request_timeout(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_secs(2), Duration::from_secs(20))
+}
 
 pub fn user_agent() -> String {
     format!("easytier-probe/{}", env!("CARGO_PKG_VERSION"))
@@ -84,10 +89,11 @@ impl BackendClient {
         node_token: Secret,
         api_key: Option<Secret>,
         region: Option<String>,
+        timeout: Duration,
     ) -> BackendClient {
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout_connect(CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
             .user_agent(&user_agent())
             .build();
         BackendClient {

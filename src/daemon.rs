@@ -177,15 +177,23 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let (updates_tx, updates_rx) = crossbeam_channel::unbounded::<PeerUpdate>();
     let (fetcher, reporter) = match &config.distributed {
         Some(d) => {
-            let client = BackendClient::new(
-                &d.backend_base_url,
-                d.node_token.clone(),
-                d.api_key.clone(),
-                d.region.clone(),
-            );
-            let fetcher = fetcher::spawn(client.clone(), d.peer_fetch_interval, etag, updates_tx)?;
+            let client = |interval| {
+                BackendClient::new(
+                    &d.backend_base_url,
+                    d.node_token.clone(),
+                    d.api_key.clone(),
+                    d.region.clone(),
+                    crate::backend::request_timeout(interval),
+                )
+            };
+            let fetcher = fetcher::spawn(
+                client(d.peer_fetch_interval),
+                d.peer_fetch_interval,
+                etag,
+                updates_tx,
+            )?;
             let reporter = reporter::spawn(
-                client,
+                client(d.status_report_interval),
                 ReporterOptions {
                     db_path: config.db_path.clone(),
                     interval: d.status_report_interval,
