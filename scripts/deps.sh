@@ -9,6 +9,7 @@ need protoc protobuf-compiler      # easytier's build runs prost-build
 need unshare util-linux            # private network namespace for tests
 need ip iproute2                   # `ip link set lo up` inside it
 need mandoc mandoc                 # man page lint
+need dpkg-shlibdeps dpkg-dev       # `make deb` (cargo-deb computes Depends with it)
 command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found; install the Rust toolchain (https://rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 

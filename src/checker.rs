@@ -101,9 +101,46 @@ pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
 /// its default 1 s reconnect tick. That tick decides how fast a refused or
 /// rejected peer is known; a check has nothing else to wait for. Process-wide,
 /// so it is set once before the first check.
+///
+/// It also routes panics of EasyTier's own tasks to the log (see
+/// `log_easytier_task_panics`).
 pub fn tune_easytier_for_checks() {
     use easytier::common::constants::MANUAL_CONNECTOR_RECONNECT_INTERVAL_MS;
     *MANUAL_CONNECTOR_RECONNECT_INTERVAL_MS.blocking_lock() = RECONNECT_INTERVAL_MS;
+    log_easytier_task_panics();
+}
+
+/// EasyTier's tasks run on the tokio worker threads of each instance, and
+/// tokio catches their panics. One fires on most teardowns of a refused
+/// check (a reconnect task sends its result to a channel already closed,
+/// connector/manual.rs). The default hook would print it with a backtrace;
+/// with RUST_BACKTRACE set, symbolising that backtrace maps the binary's
+/// debug info, over 100 MB of resident memory for nothing. Such panics go
+/// to the log as one line instead; every other panic keeps the default hook.
+fn log_easytier_task_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_runtime = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-"));
+            if !on_runtime {
+                return default_hook(info);
+            }
+            let known_teardown = info
+                .location()
+                .is_some_and(|l| l.file().ends_with("connector/manual.rs"))
+                && info.to_string().contains("SendError");
+            if known_teardown {
+                log::debug!(
+                    "EasyTier task panicked during teardown (caught by its runtime): {info}"
+                );
+            } else {
+                log::warn!("EasyTier task panicked (caught by its runtime): {info}");
+            }
+        }));
+    });
 }
 
 const RECONNECT_INTERVAL_MS: u64 = 100;

@@ -640,6 +640,66 @@ mod tests {
     }
 
     #[test]
+    fn prunes_old_delivered_results_in_steps() {
+        let path = temp_db("prune");
+        let store = spawn(
+            open_rw(&path).unwrap(),
+            WriterOptions {
+                auto_ack: false,
+                retention: Duration::from_secs(86_400),
+                max_buffered: u64::MAX,
+            },
+        )
+        .unwrap();
+        let sender = store.sender();
+        let now = clock::now_ms();
+        let old = now - 2 * 86_400_000;
+        // 2,500 old results (more than one pruning step), 10 recent ones.
+        for i in 0..2_500 {
+            sender
+                .send(StoreMsg::Result(Box::new(result(
+                    1,
+                    Status::Online,
+                    old + i,
+                ))))
+                .unwrap();
+        }
+        for i in 0..10 {
+            sender
+                .send(StoreMsg::Result(Box::new(result(
+                    1,
+                    Status::Online,
+                    now + i,
+                ))))
+                .unwrap();
+        }
+        // The old ones are delivered except the first, which must survive pruning.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender
+            .send(StoreMsg::Ack {
+                first: 2,
+                last: 2_510,
+                done: tx,
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        let ro = open_ro(&path).unwrap();
+        let count = |sql: &str| -> i64 { ro.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count("SELECT count(*) FROM results") > 11 {
+            assert!(Instant::now() < deadline, "pruning did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM results WHERE checked_at_ms >= 0 AND acked = 0"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM results WHERE checked_at_ms >= strftime('%s','now') * 1000 - 3600000"), 10);
+        drop(sender);
+        store.shutdown();
+    }
+
+    #[test]
     fn refuses_a_newer_schema() {
         let path = temp_db("newer");
         drop(open_rw(&path).unwrap());
