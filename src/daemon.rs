@@ -28,6 +28,20 @@ use crate::store::{self, StoreMsg, StoredPeer, WriterOptions};
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// Budget of the last status report on shutdown.
 const FINAL_REPORT_BUDGET: Duration = Duration::from_secs(5);
+/// EasyTier 2.0.3 keeps about 1 KB per instance for the life of the process
+/// (a global map of peer-center data that is never cleaned). After this many
+/// checks the daemon stops cleanly and re-executes itself, which returns that
+/// memory: at 1,000 checks a minute, once every 100 minutes, ~100 MB at most.
+const DEFAULT_RECYCLE_AFTER_CHECKS: u64 = 100_000;
+/// Overrides the number above (for tests, and for operators who measure otherwise).
+pub const RECYCLE_ENV: &str = "EASYTIER_PROBE_RECYCLE_AFTER_CHECKS";
+
+/// Why the main loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Stop,
+    Recycle,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Signal {
@@ -170,6 +184,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         skipped: HashSet::new(),
         last_status: HashMap::new(),
         cycle: CycleStats::default(),
+        checks_done: 0,
     };
     // A cached list is not stored again: it and its ETag are already there.
     main.apply_peers(initial, None, config.distributed.is_none());
@@ -236,7 +251,19 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     } else {
         never()
     };
-    loop {
+    let recycle_after = std::env::var(RECYCLE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_RECYCLE_AFTER_CHECKS);
+    let exit = loop {
+        if main.checks_done >= recycle_after {
+            log::info!(
+                "{} checks done: re-executing to return the memory EasyTier keeps per check",
+                main.checks_done
+            );
+            break Exit::Recycle;
+        }
         main.dispatch(&pool, Instant::now());
         let wait = main
             .schedule
@@ -248,7 +275,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
             recv(signals) -> signal => match signal {
                 Ok(Signal::Stop(n)) => {
                     log::info!("signal {n}: stopping; {} checks still running", main.schedule.in_flight());
-                    break;
+                    break Exit::Stop;
                 }
                 Ok(Signal::Reload) => match (&config.distributed, &fetcher) {
                     (None, _) => match standalone_peers(&config) {
@@ -261,7 +288,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
                     }
                     (Some(_), None) => {}
                 },
-                Err(_) => break,
+                Err(_) => break Exit::Stop,
             },
             recv(finished_rx) -> f => if let Ok(f) = f { main.finished(f) },
             recv(updates) -> u => if let Ok(u) = u { main.apply_peers(u.peers, u.etag, true) },
@@ -269,10 +296,12 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
             recv(summary_tick) -> _ => main.log_cycle(),
             recv(after(wait)) -> _ => {}
         }
-    }
+    };
 
     // Shutdown, in dependency order.
-    notifier.stopping();
+    if exit == Exit::Stop {
+        notifier.stopping();
+    }
     if let Some(f) = fetcher {
         f.shutdown(Duration::from_secs(1));
     }
@@ -289,8 +318,39 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     drop(main);
     store.shutdown();
+    // A stop signal during a recycle wins: exit instead of starting again.
+    let stop_requested = signals.try_iter().any(|s| matches!(s, Signal::Stop(_)));
+    if exit == Exit::Recycle && !stop_requested {
+        return re_execute();
+    }
     log::info!("stopped after {}s", started.elapsed().as_secs());
     Ok(())
+}
+
+/// Replaces this process with a fresh copy of itself, same arguments and
+/// environment, same PID (so systemd keeps tracking it). Everything lives in
+/// the database, which the new process opens again.
+fn re_execute() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_default();
+    // The path, not /proc/self/exe, so the process keeps its name (ps,
+    // journald). After a package upgrade the path holds the new binary,
+    // which is what a restart should run.
+    let exe = std::env::current_exe()
+        .map(|p| {
+            let text = p.to_string_lossy();
+            match text.strip_suffix(" (deleted)") {
+                Some(original) => std::path::PathBuf::from(original),
+                None => p.clone(),
+            }
+        })
+        .unwrap_or_else(|_| "/proc/self/exe".into());
+    let error = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    Err(error).context("cannot re-execute the probe")
 }
 
 #[derive(Default)]
@@ -307,6 +367,8 @@ struct MainLoop {
     skipped: HashSet<i64>,
     last_status: HashMap<i64, Status>,
     cycle: CycleStats,
+    /// Checks finished by this process, for the recycle.
+    checks_done: u64,
 }
 
 impl MainLoop {
@@ -357,7 +419,14 @@ impl MainLoop {
         let changes = self.schedule.replace(checkable, Instant::now());
         let schedule = &self.schedule;
         self.last_status.retain(|id, _| schedule.contains(*id));
-        log::info!(
+        // An unchanged list (every fetch without ETag support) is not news.
+        let level = if changes == Default::default() {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "peer set: {} checked ({} added, {} removed, {} changed), {} skipped",
             self.schedule.len(),
             changes.added,
@@ -381,6 +450,7 @@ impl MainLoop {
     fn finished(&mut self, f: Finished) {
         self.schedule.finished(f.peer_id);
         let Some(status) = f.status else { return };
+        self.checks_done += 1;
         match status {
             Status::Online => self.cycle.online += 1,
             Status::Offline => self.cycle.offline += 1,

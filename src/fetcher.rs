@@ -106,7 +106,7 @@ fn run(
                 for problem in &problems {
                     log::warn!("backend peer list: skipped invalid entry: {problem}");
                 }
-                log::info!(
+                log::debug!(
                     "fetched {} peers in {pages} page(s){}",
                     peers.len(),
                     if problems.is_empty() {

@@ -336,3 +336,39 @@ fn version_names_both_versions() {
         "{text}"
     );
 }
+
+#[test]
+fn recycles_itself_after_many_checks_and_keeps_going() {
+    require_private_netns();
+    let dir = temp_dir("recycle");
+    let (p1, p2) = (free_port(), free_port());
+    let mut daemon = Daemon::start(
+        &dir,
+        &[
+            "--peer".into(),
+            format!("tcp://127.0.0.1:{p1}"),
+            "--peer".into(),
+            format!("tcp://127.0.0.1:{p2}"),
+            "--check-interval".into(),
+            "1".into(),
+        ],
+        &[("EASYTIER_PROBE_RECYCLE_AFTER_CHECKS", "4".to_string())],
+    );
+    let pid = daemon.child.id();
+    // Two re-executions: the same process (PID) starts three times.
+    wait_for("two recycles", Duration::from_secs(40), || {
+        (daemon.log().matches("started in standalone mode").count() >= 3).then_some(())
+    });
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    assert!(daemon.log().contains("re-executing"));
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "easytier-probe");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), Some(0), "{}", daemon.log());
+    // Nothing lost across the recycles: seq has no gaps, every check is there.
+    let conn = rusqlite::Connection::open(&daemon.db).unwrap();
+    let (count, max): (i64, i64) = conn
+        .query_row("SELECT count(*), max(seq) FROM results", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(count, max);
+    assert!(count >= 8, "{count} results");
+}
