@@ -18,6 +18,8 @@ const CHECKS_PER_KIND: usize = 100;
 const STORE_RESULTS: usize = 100_000;
 
 fn main() {
+    // As the daemon's main does: no backtrace capture in EasyTier's errors.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     if serve_node_if_asked() {
         return;
     }

@@ -29,6 +29,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
+    // As the daemon's main does: no backtrace capture in EasyTier's errors.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     if serve_node_if_asked() {
         return;
     }

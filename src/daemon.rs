@@ -346,10 +346,7 @@ fn re_execute() -> anyhow::Result<()> {
             }
         })
         .unwrap_or_else(|_| "/proc/self/exe".into());
-    let error = std::process::Command::new(exe)
-        .arg0(arg0)
-        .args(args)
-        .exec();
+    let error = std::process::Command::new(exe).arg0(arg0).args(args).exec();
     Err(error).context("cannot re-execute the probe")
 }
 

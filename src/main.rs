@@ -6,6 +6,14 @@ use easytier_probe::config::{self, Config, UsageError};
 use easytier_probe::{check_cmd, daemon, logging, status};
 
 fn main() -> ExitCode {
+    // EasyTier builds anyhow errors on its hot paths (every connection
+    // attempt). With RUST_BACKTRACE set, each would capture a backtrace, and
+    // printing one maps the binary's debug info: >100 MB of resident memory
+    // measured. Library backtraces are off unless asked for; panics keep
+    // theirs. Set before any thread exists.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let args: Vec<String> = std::env::args().collect();
     let cli = match config::parse_args(&args) {
         Ok(cli) => cli,

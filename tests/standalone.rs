@@ -361,13 +361,25 @@ fn recycles_itself_after_many_checks_and_keeps_going() {
     });
     assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
     assert!(daemon.log().contains("re-executing"));
-    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "easytier-probe");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "easytier-probe"
+    );
     daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
     // Nothing lost across the recycles: seq has no gaps, every check is there.
     let conn = rusqlite::Connection::open(&daemon.db).unwrap();
     let (count, max): (i64, i64) = conn
-        .query_row("SELECT count(*), max(seq) FROM results", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT count(*), max(seq) FROM results", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(count, max);
     assert!(count >= 8, "{count} results");
