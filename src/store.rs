@@ -97,21 +97,56 @@ pub fn open_rw(path: &Path) -> anyhow::Result<Connection> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the database directory {}", dir.display()))?;
     }
-    let existed = path.exists();
+    if !path.exists() {
+        create_initialised(path)?;
+    }
     let mut conn = Connection::open(path)
         .with_context(|| format!("cannot open the database {}", path.display()))?;
-    if !existed {
-        // It holds network secrets: owner only.
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
+    configure_rw(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn configure_rw(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .context("cannot switch the database to WAL mode")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    migrate(&mut conn).with_context(|| format!("database {}", path.display()))?;
-    ensure_probe_id(&conn)?;
-    Ok(conn)
+    migrate(conn).with_context(|| format!("database {}", path.display()))?;
+    ensure_probe_id(conn)
+}
+
+/// Builds a new database beside `path` and links it into place only once its
+/// schema and probe id are written, so `status` (or a second daemon) started
+/// at the same moment sees either no database or a complete one, never a file
+/// with schema version 0.
+fn create_initialised(path: &Path) -> anyhow::Result<()> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".new-{}", std::process::id()));
+    let staging = std::path::PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let built = (|| -> anyhow::Result<()> {
+        let mut conn = Connection::open(&staging)
+            .with_context(|| format!("cannot create the database {}", staging.display()))?;
+        // It holds network secrets: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", staging.display()))?;
+        configure_rw(&mut conn, path)?;
+        // Closing checkpoints the WAL into the main file and removes it, so
+        // the single file is the whole database.
+        conn.close().map_err(|(_, e)| e)?;
+        // A hard link does not replace: if another process created the
+        // database meanwhile, theirs wins and ours is discarded.
+        match std::fs::hard_link(&staging, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            // Filesystems without hard links: a rename is just as atomic.
+            Err(_) => std::fs::rename(&staging, path)
+                .with_context(|| format!("cannot create the database {}", path.display())),
+        }
+    })();
+    let _ = std::fs::remove_file(&staging);
+    built
 }
 
 /// Opens an existing database read-only (for `status` and the reporter).
@@ -637,6 +672,46 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(1);
         sender.send(StoreMsg::Flush(tx)).unwrap();
         rx.recv().unwrap();
+    }
+
+    #[test]
+    fn a_new_database_appears_complete_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        // A reader polls while the daemon creates the file, as `status` does
+        // when started next to a fresh daemon: once the file exists it must
+        // open with the current schema.
+        for round in 0..20 {
+            let path = temp_db(&format!("atomic-{round}"));
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut opened = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if path.exists() {
+                            open_ro(&path).expect("an existing database is complete");
+                            opened += 1;
+                        }
+                    }
+                    opened
+                })
+            };
+            let conn = open_rw(&path).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            reader.join().unwrap();
+            assert!(probe_id(&conn).unwrap().len() == 16);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "secrets inside: owner only");
+            let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".new-"))
+                .collect();
+            assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
+        }
     }
 
     #[test]
