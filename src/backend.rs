@@ -46,6 +46,12 @@ impl std::fmt::Display for BackendError {
                 f,
                 "authentication failed (HTTP {status}): the backend refused the {header} header; check its value"
             ),
+            BackendError::Status {
+                status: status @ 300..=399,
+            } => write!(
+                f,
+                "the backend answered HTTP {status} (a redirect, not followed: check the backend URL)"
+            ),
             BackendError::Status { status } => write!(f, "the backend answered HTTP {status}"),
             BackendError::Transport(e) => write!(f, "cannot reach the backend: {e}"),
             BackendError::BadAnswer(e) => write!(f, "the backend's answer is not usable: {e}"),
@@ -95,6 +101,10 @@ impl BackendClient {
             .timeout_connect(CONNECT_TIMEOUT.min(timeout))
             .timeout(timeout)
             .user_agent(&user_agent())
+            // A redirect would carry the node token or API key to another
+            // address, and a PUT turned into a GET there could answer 200 for
+            // results that were never delivered. The contract has no redirects.
+            .redirects(0)
             .build();
         BackendClient {
             agent,
@@ -134,6 +144,7 @@ impl BackendClient {
                 }
                 return Err(BackendError::BadAnswer(format!("304 for page {page}")));
             }
+            require_success(&response)?;
             if page == 1 {
                 round_etag = response.header("ETag").map(str::to_string);
             }
@@ -201,6 +212,7 @@ impl BackendClient {
             .set("Content-Type", "application/json")
             .send_bytes(&body)
             .map_err(|e| classify(e, "x-node-token"))?;
+        require_success(&response)?;
         let body = read_json(response)?;
         match body.get("code").and_then(|c| c.as_i64()) {
             Some(200) => Ok(()),
@@ -222,6 +234,15 @@ fn classify(error: ureq::Error, auth_header: &'static str) -> BackendError {
         },
         ureq::Error::Status(status, _) => BackendError::Status { status },
         ureq::Error::Transport(t) => BackendError::Transport(t.to_string()),
+    }
+}
+
+/// Errors come back from ureq as `Err`; what is left (1xx, 3xx with
+/// redirects off) is not an answer the contract knows.
+fn require_success(response: &ureq::Response) -> Result<(), BackendError> {
+    match response.status() {
+        200..=299 => Ok(()),
+        status => Err(BackendError::Status { status }),
     }
 }
 

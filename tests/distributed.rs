@@ -23,6 +23,8 @@ struct Mode {
     peers_override: Option<fn() -> Response>,
     /// Answer 503 to PUT /nodes/status.
     reports_down: bool,
+    /// Answer PUT /nodes/status with a redirect to a GET that says "ok".
+    reports_redirect: bool,
     etag: Option<&'static str>,
     page_size: usize,
 }
@@ -40,6 +42,7 @@ impl Backend {
             peers,
             peers_override: None,
             reports_down: false,
+            reports_redirect: false,
             etag: None,
             page_size: 100,
         }));
@@ -71,12 +74,16 @@ impl Backend {
                     }
                 }
                 ("PUT", "/api/nodes/status") => {
+                    if mode.reports_redirect {
+                        return Response::raw(302, b"").with_header("Location", "/api/elsewhere");
+                    }
                     if mode.reports_down {
                         return Response::json(503, json!({"code": 503, "message": "maintenance"}));
                     }
                     d.lock().unwrap().push(req.json());
                     Response::json(200, ok_answer())
                 }
+                ("GET", "/api/elsewhere") => Response::json(200, ok_answer()),
                 _ => Response::json(404, json!({"code": 404})),
             }
         });
@@ -498,6 +505,56 @@ fn outage_then_recovery_delivers_everything_and_drains_fast() {
     assert_contiguous(&backend.delivered_seqs());
     assert_eq!(backend.delivered_seqs(), all_seqs(&daemon.db));
     assert!(daemon.log().contains("results stay buffered"));
+}
+
+#[test]
+fn a_redirected_report_is_not_taken_as_delivered() {
+    require_private_netns();
+    let refused = free_port();
+    let backend = Backend::start(vec![peer_json(
+        3,
+        "three",
+        "127.0.0.1",
+        refused,
+        "tcp",
+        "",
+        None,
+    )]);
+    backend.set(|m| m.reports_redirect = true);
+    let dir = temp_dir("redirect");
+    let args = daemon_args(&backend, &dir, &[]);
+    let mut daemon = Daemon::start(&dir, &args, &[]);
+    wait_for("three redirected reports", Duration::from_secs(30), || {
+        (backend.server.requests_to("PUT", "/api/nodes/status").len() >= 3).then_some(())
+    });
+    // Followed, the redirect would have sent the node token to another
+    // address and turned a 200 from a GET into a false acknowledgement.
+    assert!(
+        backend
+            .server
+            .requests_to("GET", "/api/elsewhere")
+            .is_empty(),
+        "the redirect was followed"
+    );
+    assert!(backend.delivered_seqs().is_empty());
+    assert!(
+        unacked(&daemon.db) > 0,
+        "results are kept for a later report"
+    );
+    assert!(
+        daemon.log().contains("redirect, not followed"),
+        "{}",
+        daemon.log()
+    );
+
+    backend.set(|m| m.reports_redirect = false);
+    wait_for("everything delivered", Duration::from_secs(30), || {
+        (unacked(&daemon.db) == 0).then_some(())
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_contiguous(&backend.delivered_seqs());
+    assert_no_secret(&daemon.log());
 }
 
 #[test]
