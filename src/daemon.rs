@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +21,7 @@ use crate::checker::{self, CheckOptions, Status};
 use crate::config::{DaemonConfig, UsageError};
 use crate::fetcher::{self, PeerUpdate};
 use crate::peer::{self, Peer, Protocol};
-use crate::probe::{Finished, ProbePool};
+use crate::probe::{Finished, Job, ProbePool};
 use crate::reporter::{self, ReporterOptions};
 use crate::sdnotify::Notifier;
 use crate::store::{self, StoreMsg, StoredPeer, WriterOptions};
@@ -183,6 +185,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         allow_quic: config.allow_quic,
         skipped: HashSet::new(),
         last_status: HashMap::new(),
+        jobs: HashMap::new(),
         cycle: CycleStats::default(),
         checks_done: 0,
     };
@@ -246,7 +249,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let watchdog = notifier.watchdog_interval().map(tick).unwrap_or_else(never);
     let summary_tick = tick(config.check_interval.max(Duration::from_secs(10)));
-    let updates = if fetcher.is_some() {
+    let mut updates = if fetcher.is_some() {
         updates_rx
     } else {
         never()
@@ -264,13 +267,19 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
             );
             break Exit::Recycle;
         }
-        main.dispatch(&pool, Instant::now());
-        let wait = main
-            .schedule
-            .next_due()
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(MAX_IDLE)
-            .min(MAX_IDLE);
+        let workers_busy = main.dispatch(&pool, Instant::now());
+        // With every worker busy, due peers wait for a `Finished` event,
+        // which wakes the loop; sleeping until `next_due` (already past)
+        // would spin.
+        let wait = if workers_busy {
+            MAX_IDLE
+        } else {
+            main.schedule
+                .next_due()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(MAX_IDLE)
+                .min(MAX_IDLE)
+        };
         select! {
             recv(signals) -> signal => match signal {
                 Ok(Signal::Stop(n)) => {
@@ -291,7 +300,15 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 Err(_) => break Exit::Stop,
             },
             recv(finished_rx) -> f => if let Ok(f) = f { main.finished(f) },
-            recv(updates) -> u => if let Ok(u) = u { main.apply_peers(u.peers, u.etag, true) },
+            recv(updates) -> u => match u {
+                Ok(u) => main.apply_peers(u.peers, u.etag, true),
+                // Only if the fetcher thread died; checks go on with the
+                // current list rather than spinning on a closed channel.
+                Err(_) => {
+                    log::error!("the peer fetcher stopped; checking the current list until restart");
+                    updates = never();
+                }
+            },
             recv(watchdog) -> _ => notifier.watchdog(),
             recv(summary_tick) -> _ => main.log_cycle(),
             recv(after(wait)) -> _ => {}
@@ -363,6 +380,9 @@ struct MainLoop {
     /// Peers not checked (unsupported transport), to warn once per change.
     skipped: HashSet<i64>,
     last_status: HashMap<i64, Status>,
+    /// Jobs handed to the pool and not finished: the peer as dispatched and
+    /// its cancel flag, set when the peer is removed or changed meanwhile.
+    jobs: HashMap<i64, (Peer, Arc<AtomicBool>)>,
     cycle: CycleStats,
     /// Checks finished by this process, for the recycle.
     checks_done: u64,
@@ -416,6 +436,12 @@ impl MainLoop {
         let changes = self.schedule.replace(checkable, Instant::now());
         let schedule = &self.schedule;
         self.last_status.retain(|id, _| schedule.contains(*id));
+        for (id, (peer, cancelled)) in &self.jobs {
+            if schedule.peer(*id) != Some(peer) {
+                // A queued job is dropped; one already running finishes.
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        }
         // An unchanged list (every fetch without ETag support) is not news.
         let level = if changes == Default::default() {
             log::Level::Debug
@@ -433,19 +459,28 @@ impl MainLoop {
         );
     }
 
-    /// Hands due checks to idle workers; the rest wait for the next wake-up.
-    fn dispatch(&mut self, pool: &ProbePool, now: Instant) {
+    /// Hands due checks to idle workers. True when a due check found every
+    /// worker busy: it waits for a worker to finish.
+    fn dispatch(&mut self, pool: &ProbePool, now: Instant) -> bool {
         for peer in self.schedule.due(now) {
             let id = peer.id;
-            if pool.try_submit(peer).is_err() {
-                break;
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let job = Job {
+                peer: peer.clone(),
+                cancelled: cancelled.clone(),
+            };
+            if !pool.try_submit(job) {
+                return true;
             }
             self.schedule.dispatched(id, now);
+            self.jobs.insert(id, (peer, cancelled));
         }
+        false
     }
 
     fn finished(&mut self, f: Finished) {
         self.schedule.finished(f.peer_id);
+        self.jobs.remove(&f.peer_id);
         let Some(status) = f.status else { return };
         self.checks_done += 1;
         match status {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::checker::{self, CheckOptions, Status};
 use crate::peer::Peer;
@@ -20,9 +20,17 @@ pub struct Finished {
     pub error: Option<String>,
 }
 
+/// A check handed to a worker. The main loop keeps `cancelled` and sets it
+/// when the peer is removed or changed while the job waits in the queue, so
+/// that a stale definition is never checked.
+pub struct Job {
+    pub peer: Peer,
+    pub cancelled: Arc<AtomicBool>,
+}
+
 pub struct ProbePool {
     // Drop order: the job sender goes first so that workers see the end of the queue.
-    jobs: Option<Sender<Peer>>,
+    jobs: Option<Sender<Job>>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -37,7 +45,7 @@ impl ProbePool {
         results: Sender<StoreMsg>,
         finished: Sender<Finished>,
     ) -> anyhow::Result<ProbePool> {
-        let (jobs, queue) = crossbeam_channel::bounded::<Peer>(count);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(count);
         let stopping = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(count);
         for n in 0..count {
@@ -49,37 +57,22 @@ impl ProbePool {
             let worker = std::thread::Builder::new()
                 .name(format!("probe-{n}"))
                 .spawn(move || {
-                    for peer in queue {
-                        // After a stop request, queued checks are not started.
-                        if stopping.load(Ordering::Relaxed) {
-                            let _ = finished.send(Finished {
-                                peer_id: peer.id,
+                    for job in queue {
+                        let peer_id = job.peer.id;
+                        let outcome = run_job(job, &options, &stopping, &results);
+                        // Always answered, even after a panic: otherwise the
+                        // peer would count as running and never be checked again.
+                        let _ = finished.send(match outcome {
+                            Some((status, error)) => Finished {
+                                peer_id,
+                                status: Some(status),
+                                error,
+                            },
+                            None => Finished {
+                                peer_id,
                                 status: None,
                                 error: None,
-                            });
-                            continue;
-                        }
-                        let result = checker::check(&peer, &options);
-                        log::debug!(
-                            "checked {} ({}): {} {}",
-                            peer.name,
-                            result.uri,
-                            result.status.as_str(),
-                            result.error.as_deref().unwrap_or("")
-                        );
-                        let status = result.status;
-                        let error = result.error.clone();
-                        // The store outlives the workers; a send error means it died.
-                        if results.send(StoreMsg::Result(Box::new(result))).is_err() {
-                            log::error!(
-                                "the store writer is gone; result for peer {} lost",
-                                peer.id
-                            );
-                        }
-                        let _ = finished.send(Finished {
-                            peer_id: peer.id,
-                            status: Some(status),
-                            error,
+                            },
                         });
                     }
                 })
@@ -93,13 +86,11 @@ impl ProbePool {
         })
     }
 
-    /// Hands a check to a worker without waiting; gives the peer back when all are busy.
-    pub fn try_submit(&self, peer: Peer) -> Result<(), Peer> {
-        match self.jobs.as_ref().map(|j| j.try_send(peer)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(TrySendError::Full(peer) | TrySendError::Disconnected(peer))) => Err(peer),
-            None => unreachable!("pool used after shutdown"),
-        }
+    /// Hands a check to a worker without waiting; false when all are busy
+    /// (the job is dropped: the schedule still has the peer).
+    pub fn try_submit(&self, job: Job) -> bool {
+        let jobs = self.jobs.as_ref().expect("pool used after shutdown");
+        jobs.try_send(job).is_ok()
     }
 
     /// Lets running checks finish (each is bounded by the check timeout),
@@ -112,5 +103,82 @@ impl ProbePool {
                 std::panic::resume_unwind(panic);
             }
         }
+    }
+}
+
+/// Runs one check and stores its result. `None` when no check ran: stopping,
+/// cancelled, or the check panicked (logged; the peer is checked again next time).
+fn run_job(
+    job: Job,
+    options: &CheckOptions,
+    stopping: &AtomicBool,
+    results: &Sender<StoreMsg>,
+) -> Option<(Status, Option<String>)> {
+    // After a stop request, queued checks are not started.
+    if stopping.load(Ordering::Relaxed) || job.cancelled.load(Ordering::Relaxed) {
+        return None;
+    }
+    let peer = &job.peer;
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checker::check(peer, options)
+    })) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!(
+                "the check of peer {} ({}) failed inside the probe: {what}; no result recorded, it is checked again next time",
+                peer.id,
+                peer.uri()
+            );
+            return None;
+        }
+    };
+    log::debug!(
+        "checked {} ({}): {} {}",
+        peer.name,
+        result.uri,
+        result.status.as_str(),
+        result.error.as_deref().unwrap_or("")
+    );
+    let outcome = (result.status, result.error.clone());
+    // The store outlives the workers; a send error means it died.
+    if results.send(StoreMsg::Result(Box::new(result))).is_err() {
+        log::error!("the store writer is gone; result for peer {} lost", peer.id);
+    }
+    Some(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_job_is_answered_without_a_check() {
+        let (results_tx, results) = crossbeam_channel::unbounded();
+        let (finished_tx, finished) = crossbeam_channel::unbounded();
+        let options = CheckOptions {
+            timeout: std::time::Duration::from_secs(1),
+            probe_network_name: "test".into(),
+            hostname: "test".into(),
+        };
+        let pool = ProbePool::spawn(1, options, results_tx, finished_tx).unwrap();
+        // Loopback: should cancellation break, the check stays on the machine.
+        let peer = crate::peer::peer_from_uri("tcp://127.0.0.1:1").unwrap();
+        let job = Job {
+            peer: peer.clone(),
+            cancelled: Arc::new(AtomicBool::new(true)),
+        };
+        assert!(pool.try_submit(job));
+        let f = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(f.peer_id, peer.id);
+        assert!(f.status.is_none(), "no check ran");
+        pool.shutdown();
+        assert!(results.try_recv().is_err(), "no result stored");
     }
 }

@@ -1,6 +1,6 @@
 //! When each peer is due: checks spread evenly over the interval, never two at once for a peer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::peer::Peer;
@@ -8,13 +8,16 @@ use crate::peer::Peer;
 struct Entry {
     peer: Peer,
     next_due: Instant,
-    in_flight: bool,
 }
 
 /// The scheduler's state. Pure data: the daemon's main loop drives it with the clock.
 pub struct Schedule {
     interval: Duration,
     entries: HashMap<i64, Entry>,
+    /// Peers whose check is running. Kept apart from `entries` so that a
+    /// peer removed while its check runs and added back at once is not
+    /// checked a second time in parallel.
+    running: HashSet<i64>,
 }
 
 /// What a new peer set changed, for the log.
@@ -30,11 +33,17 @@ impl Schedule {
         Schedule {
             interval,
             entries: HashMap::new(),
+            running: HashSet::new(),
         }
     }
 
     pub fn contains(&self, id: i64) -> bool {
         self.entries.contains_key(&id)
+    }
+
+    /// The peer as currently scheduled.
+    pub fn peer(&self, id: i64) -> Option<&Peer> {
+        self.entries.get(&id).map(|e| &e.peer)
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +85,6 @@ impl Schedule {
                 Entry {
                     peer,
                     next_due: now + slot * k as u32,
-                    in_flight: false,
                 },
             );
         }
@@ -88,7 +96,7 @@ impl Schedule {
         let mut due: Vec<&Entry> = self
             .entries
             .values()
-            .filter(|e| !e.in_flight && e.next_due <= now)
+            .filter(|e| e.next_due <= now && !self.running.contains(&e.peer.id))
             .collect();
         due.sort_by_key(|e| (e.next_due, e.peer.id));
         due.into_iter().map(|e| e.peer.clone()).collect()
@@ -97,7 +105,7 @@ impl Schedule {
     /// Records that the peer's check was handed to a worker.
     pub fn dispatched(&mut self, id: i64, now: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {
-            entry.in_flight = true;
+            self.running.insert(id);
             // Keep the phase: the next check is one interval after this one
             // was due, skipping slots already missed rather than catching up.
             let mut next = entry.next_due + self.interval;
@@ -108,24 +116,23 @@ impl Schedule {
         }
     }
 
-    /// Records that the peer's check finished (a removed peer is ignored).
+    /// Records that the peer's check finished, whether or not the peer is still listed.
     pub fn finished(&mut self, id: i64) {
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.in_flight = false;
-        }
+        self.running.remove(&id);
     }
 
     /// When the next peer that is not running becomes due.
     pub fn next_due(&self) -> Option<Instant> {
         self.entries
             .values()
-            .filter(|e| !e.in_flight)
+            .filter(|e| !self.running.contains(&e.peer.id))
             .map(|e| e.next_due)
             .min()
     }
 
+    /// Checks running, including those of peers removed meanwhile.
     pub fn in_flight(&self) -> usize {
-        self.entries.values().filter(|e| e.in_flight).count()
+        self.running.len()
     }
 }
 
@@ -185,5 +192,20 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.in_flight(), 1);
         s.finished(2); // a result for a removed peer is harmless
+    }
+
+    #[test]
+    fn a_peer_removed_and_readded_while_running_waits_for_its_check() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(60));
+        s.replace(peers(&[1]), t0);
+        s.dispatched(1, t0);
+        s.replace(peers(&[]), t0);
+        assert_eq!(s.in_flight(), 1, "the running check is still counted");
+        s.replace(peers(&[1]), t0);
+        assert!(s.due(t0).is_empty(), "not checked twice at once");
+        assert_eq!(s.next_due(), None);
+        s.finished(1);
+        assert_eq!(s.due(t0).len(), 1);
     }
 }

@@ -384,3 +384,59 @@ fn recycles_itself_after_many_checks_and_keeps_going() {
     assert_eq!(count, max);
     assert!(count >= 8, "{count} results");
 }
+
+/// CPU time of one thread of `pid`, in clock ticks (utime + stime).
+fn thread_cpu_ticks(pid: u32, tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // Fields after the parenthesised name; utime and stime are fields 14 and 15.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn due_peers_waiting_for_a_busy_worker_do_not_make_the_loop_spin() {
+    require_private_netns();
+    let dir = temp_dir("busy-workers");
+    // One worker, three peers that never answer (each check takes the whole
+    // timeout) and a 1 s interval: peers are overdue all the time.
+    let silent: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut args: Vec<String> = vec![
+        "--workers".into(),
+        "1".into(),
+        "--check-interval".into(),
+        "1".into(),
+        "--check-timeout".into(),
+        "3".into(),
+    ];
+    for s in &silent {
+        args.push("--peer".into());
+        args.push(format!(
+            "udp://127.0.0.1:{}",
+            s.local_addr().unwrap().port()
+        ));
+    }
+    let mut daemon = Daemon::start(&dir, &args, &[]);
+    wait_for("the first check to finish", Duration::from_secs(20), || {
+        (daemon.db.exists() && count_results(&daemon.db) >= 1).then_some(())
+    });
+    // The main thread's tid is the process id. Over a window of 3 s with
+    // peers overdue the whole time, a loop that waits for its worker uses
+    // next to no CPU; one that polls uses the whole window.
+    let pid = daemon.child.id();
+    let (ticks_before, t0) = (thread_cpu_ticks(pid, pid), std::time::Instant::now());
+    let window = Duration::from_secs(3);
+    wait_for("the measuring window", window * 2, || {
+        (t0.elapsed() >= window).then_some(())
+    });
+    let used = thread_cpu_ticks(pid, pid) - ticks_before;
+    let elapsed_ticks = t0.elapsed().as_secs_f64() * 100.0;
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        (used as f64) < elapsed_ticks * 0.2,
+        "the main loop used {used} ticks of CPU in {elapsed_ticks:.0} ticks of time"
+    );
+}
