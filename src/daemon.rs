@@ -327,8 +327,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         main.finished(f);
     }
     let (done, flushed) = crossbeam_channel::bounded(1);
-    if main.store.send(StoreMsg::Flush(done)).is_ok() {
-        let _ = flushed.recv();
+    if main.store.send(StoreMsg::Flush(done)).is_ok() && flushed.recv() == Ok(false) {
+        log::error!("the database refused the last results; they are lost with this exit");
     }
     if let Some(r) = reporter {
         r.shutdown(FINAL_REPORT_BUDGET);

@@ -193,9 +193,14 @@ impl Reporter {
             self.store
                 .send(StoreMsg::Ack { first, last, done })
                 .context("the store writer is gone")?;
-            confirmed
+            let committed = confirmed
                 .recv_timeout(ACK_WAIT)
                 .context("the store writer did not confirm the acknowledgement")?;
+            if !committed {
+                // Delivered but not recorded: the batch goes again later
+                // (the backend sees it twice, which `seq` lets it tell).
+                anyhow::bail!("the database did not record the acknowledgement");
+            }
             log::debug!("reported {count} results (seq {first}..={last})");
         }
         Ok(Sent { results: count })

@@ -29,6 +29,10 @@ const MAX_BATCH: usize = 4_096;
 const PRUNE_STEP_ROWS: usize = 1_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Writes the database refused (full disk, I/O error) are kept in memory and
+/// retried every second, up to this many messages; beyond it the oldest
+/// results are given up, with an error in the log.
+const MAX_RETAINED: usize = 50_000;
 
 pub const KEY_PROBE_ID: &str = "probe_id";
 pub const KEY_DROPPED: &str = "dropped_results";
@@ -49,14 +53,16 @@ pub enum StoreMsg {
         peers: Vec<StoredPeer>,
         etag: Option<String>,
     },
-    /// The backend acknowledged results `first..=last` (a contiguous outbox batch).
+    /// The backend acknowledged results `first..=last` (a contiguous outbox
+    /// batch). `done` answers whether the acknowledgement is committed.
     Ack {
         first: i64,
         last: i64,
-        done: Sender<()>,
+        done: Sender<bool>,
     },
-    /// Answers once everything sent before it is committed.
-    Flush(Sender<()>),
+    /// Answers once everything sent before it is applied: true when it is
+    /// committed, false when the database refused the write (kept for a retry).
+    Flush(Sender<bool>),
 }
 
 #[derive(Debug, Clone)]
@@ -289,9 +295,12 @@ struct Writer {
     conn: Connection,
     options: WriterOptions,
     outbox: OutboxCap,
+    /// The last write failed; the next success is worth a log line.
+    write_failing: bool,
 }
 
 /// Keeps the count of unsent results under `--max-buffered-results`.
+#[derive(Clone)]
 struct OutboxCap {
     unacked: u64,
     max: u64,
@@ -315,6 +324,7 @@ impl Writer {
             conn,
             options,
             outbox,
+            write_failing: false,
         })
     }
 
@@ -328,6 +338,13 @@ impl Writer {
                     Err(_) => break,
                 },
                 recv(prune) -> _ => {
+                    if !batch.is_empty() {
+                        // Retained after a failed write: try again.
+                        self.apply(&mut batch);
+                        if !batch.is_empty() {
+                            continue;
+                        }
+                    }
                     if let Err(e) = self.prune_step() {
                         log::warn!("pruning old results failed: {e:#}");
                     }
@@ -342,17 +359,27 @@ impl Writer {
             }
             self.apply(&mut batch);
         }
+        if !batch.is_empty() {
+            self.apply(&mut batch);
+            if !batch.is_empty() {
+                log::error!(
+                    "the database refused {} messages to the end; they are lost with this exit",
+                    batch.len()
+                );
+            }
+        }
         log::debug!("store writer: all senders gone, exiting");
     }
 
     /// Applies a batch in one transaction, then answers the waiting callers.
+    /// When the database refuses the write, the results and peer list stay in
+    /// `batch` for the next try, and the callers hear that nothing committed.
     fn apply(&mut self, batch: &mut Vec<StoreMsg>) {
-        let mut replies = Vec::new();
         let auto_ack = self.options.auto_ack;
-        let outbox = &mut self.outbox;
-        let conn = &mut self.conn;
+        // Counters change only with a commit: work on a copy.
+        let mut outbox = self.outbox.clone();
         let result = (|| -> anyhow::Result<()> {
-            let tx = conn.transaction()?;
+            let tx = self.conn.transaction()?;
             let mut inserted = 0u64;
             let mut acked = 0u64;
             {
@@ -361,7 +388,7 @@ impl Writer {
                         latency_us, remote_version, remote_hostname, role, error, duration_ms, acked)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
-                for msg in batch.drain(..) {
+                for msg in batch.iter() {
                     match msg {
                         StoreMsg::Result(r) => {
                             insert.execute(params![
@@ -380,9 +407,9 @@ impl Writer {
                             inserted += 1;
                         }
                         StoreMsg::ReplacePeers { peers, etag } => {
-                            replace_peers(&tx, &peers)?;
+                            replace_peers(&tx, peers)?;
                             match etag {
-                                Some(etag) => set_state(&tx, KEY_PEERS_ETAG, &etag)?,
+                                Some(etag) => set_state(&tx, KEY_PEERS_ETAG, etag)?,
                                 None => {
                                     tx.execute(
                                         "DELETE FROM probe_state WHERE key = ?1",
@@ -391,14 +418,13 @@ impl Writer {
                                 }
                             }
                         }
-                        StoreMsg::Ack { first, last, done } => {
+                        StoreMsg::Ack { first, last, .. } => {
                             acked += tx.execute(
                                 "UPDATE results SET acked = 1 WHERE seq BETWEEN ?1 AND ?2 AND acked = 0",
                                 params![first, last],
                             )? as u64;
-                            replies.push(done);
                         }
-                        StoreMsg::Flush(done) => replies.push(done),
+                        StoreMsg::Flush(_) => {}
                     }
                 }
             }
@@ -409,14 +435,40 @@ impl Writer {
             tx.commit()?;
             Ok(())
         })();
-        if let Err(e) = result {
-            // Nothing sensible to do but say so: the batch is lost to the
-            // database, and the daemon goes on (a full disk may clear).
-            log::error!("cannot write to the database: {e:#}");
-            batch.clear();
-        }
-        for reply in replies {
-            let _ = reply.send(());
+        let committed = match result {
+            Ok(()) => {
+                self.outbox = outbox;
+                if self.write_failing {
+                    log::info!("the database accepts writes again; retained results are saved");
+                    self.write_failing = false;
+                }
+                true
+            }
+            Err(e) => {
+                // Logged once per failure spell, not once per retry.
+                if !self.write_failing {
+                    log::error!(
+                        "cannot write to the database: {e:#}; results are kept in memory and retried every second"
+                    );
+                    self.write_failing = true;
+                }
+                false
+            }
+        };
+        // Answer the callers; keep what must still be written.
+        batch.retain(|msg| match msg {
+            StoreMsg::Ack { done, .. } | StoreMsg::Flush(done) => {
+                let _ = done.send(committed);
+                false
+            }
+            StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => !committed,
+        });
+        if batch.len() > MAX_RETAINED {
+            let excess = batch.len() - MAX_RETAINED;
+            log::error!(
+                "the database still refuses writes: giving up the {excess} oldest unsaved messages"
+            );
+            batch.drain(..excess);
         }
     }
 }
@@ -671,7 +723,63 @@ mod tests {
     fn flush(sender: &Sender<StoreMsg>) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         sender.send(StoreMsg::Flush(tx)).unwrap();
-        rx.recv().unwrap();
+        assert!(rx.recv().unwrap(), "committed");
+    }
+
+    #[test]
+    fn a_refused_write_is_kept_and_retried_not_lost() {
+        let path = temp_db("refused-write");
+        let conn = open_rw(&path).unwrap();
+        // A switch another connection flips: while on, every insert into
+        // `results` fails the way a full disk would fail the transaction.
+        conn.execute_batch(
+            "CREATE TABLE fail_switch (on_ INTEGER);
+             INSERT INTO fail_switch VALUES (1);
+             CREATE TRIGGER refuse BEFORE INSERT ON results
+               WHEN (SELECT on_ FROM fail_switch) = 1
+               BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END;",
+        )
+        .unwrap();
+        let store = spawn(
+            conn,
+            WriterOptions {
+                auto_ack: false,
+                retention: Duration::from_secs(86_400),
+                // Exactly the three results: a count that also took the
+                // failed attempt into account would drop them on the retry.
+                max_buffered: 3,
+            },
+        )
+        .unwrap();
+        let sender = store.sender();
+        let now = clock::now_ms();
+        for n in 0..3 {
+            let r = result(1, Status::Online, now + n);
+            sender.send(StoreMsg::Result(Box::new(r))).unwrap();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender.send(StoreMsg::Flush(tx)).unwrap();
+        assert!(!rx.recv().unwrap(), "the caller hears the write failed");
+        let side = Connection::open(&path).unwrap();
+        side.busy_timeout(Duration::from_secs(5)).unwrap();
+        side.execute("UPDATE fail_switch SET on_ = 0", []).unwrap();
+        // The retained results are written on the next attempt: the next
+        // message, or the once-a-second retry.
+        let ro = open_ro(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ro
+            .query_row("SELECT count(*) FROM results", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            < 3
+        {
+            assert!(Instant::now() < deadline, "retained results never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        flush(&sender);
+        let s = summary(&ro).unwrap();
+        assert_eq!((s.buffered, s.dropped), (3, 0), "counted once each");
+        drop(sender);
+        store.shutdown();
     }
 
     #[test]
@@ -757,7 +865,7 @@ mod tests {
                 done: tx,
             })
             .unwrap();
-        rx.recv().unwrap();
+        assert!(rx.recv().unwrap(), "committed");
         let ro = open_ro(&path).unwrap();
         let count = |sql: &str| -> i64 { ro.query_row(sql, [], |r| r.get(0)).unwrap() };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -843,7 +951,7 @@ mod tests {
                 done: tx,
             })
             .unwrap();
-        rx.recv().unwrap();
+        assert!(rx.recv().unwrap(), "committed");
         assert_eq!(outbox_batch(&ro, 100).unwrap().len(), 2);
         assert_eq!(
             get_state(&ro, KEY_PEERS_ETAG).unwrap().as_deref(),
