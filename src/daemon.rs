@@ -99,6 +99,31 @@ pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
     Ok(peers)
 }
 
+/// The last good list from the backend, and its ETag, if they came from the
+/// backend URL and region in use now: a list for another region must not be
+/// checked and reported under this one, nor its ETag answered with 304.
+fn cached_peers(
+    conn: &rusqlite::Connection,
+    source: Option<&str>,
+) -> anyhow::Result<(Vec<Peer>, Option<String>)> {
+    let cached = store::load_active_peers(conn)?;
+    if cached.is_empty() {
+        return Ok((cached, None));
+    }
+    if store::get_state(conn, store::KEY_PEERS_SOURCE)?.as_deref() != source {
+        log::info!(
+            "the stored list of {} peers came from another backend, region or the standalone mode; waiting for the backend's list",
+            cached.len()
+        );
+        return Ok((Vec::new(), None));
+    }
+    log::info!(
+        "checking {} peers from the last good list until the backend answers",
+        cached.len()
+    );
+    Ok((cached, store::get_state(conn, store::KEY_PEERS_ETAG)?))
+}
+
 /// The standalone peer set: the file's peers, then `--peer` ones.
 fn standalone_peers(config: &DaemonConfig) -> anyhow::Result<Vec<Peer>> {
     let mut peers = match &config.peers_file {
@@ -137,24 +162,16 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     checker::tune_easytier_for_checks();
     let conn = store::open_rw(&config.db_path)?;
     let probe_id = store::probe_id(&conn)?;
+    let peers_source = config.distributed.as_ref().map(|d| {
+        format!(
+            "{} region={}",
+            d.backend_base_url,
+            d.region.as_deref().unwrap_or("")
+        )
+    });
     let (initial, etag) = match initial {
         Some(peers) => (peers, None),
-        None => {
-            let cached = store::load_active_peers(&conn)?;
-            // The ETag is only worth sending when the list it describes is at hand.
-            let etag = if cached.is_empty() {
-                None
-            } else {
-                store::get_state(&conn, store::KEY_PEERS_ETAG)?
-            };
-            if !cached.is_empty() {
-                log::info!(
-                    "checking {} peers from the last good list until the backend answers",
-                    cached.len()
-                );
-            }
-            (cached, etag)
-        }
+        None => cached_peers(&conn, peers_source.as_deref())?,
     };
     let store = store::spawn(
         conn,
@@ -185,6 +202,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         allow_quic: config.allow_quic,
         skipped: HashSet::new(),
         last_status: HashMap::new(),
+        peers_source,
         jobs: HashMap::new(),
         cycle: CycleStats::default(),
         checks_done: 0,
@@ -380,6 +398,8 @@ struct MainLoop {
     /// Peers not checked (unsupported transport), to warn once per change.
     skipped: HashSet<i64>,
     last_status: HashMap<i64, Status>,
+    /// Stored with each list (see `store::KEY_PEERS_SOURCE`).
+    peers_source: Option<String>,
     /// Jobs handed to the pool and not finished: the peer as dispatched and
     /// its cancel flag, set when the peer is removed or changed meanwhile.
     jobs: HashMap<i64, (Peer, Arc<AtomicBool>)>,
@@ -428,6 +448,7 @@ impl MainLoop {
                 .send(StoreMsg::ReplacePeers {
                     peers: stored,
                     etag,
+                    source: self.peers_source.clone(),
                 })
                 .is_err()
         {

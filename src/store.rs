@@ -37,6 +37,9 @@ const MAX_RETAINED: usize = 50_000;
 pub const KEY_PROBE_ID: &str = "probe_id";
 pub const KEY_DROPPED: &str = "dropped_results";
 pub const KEY_PEERS_ETAG: &str = "peers_etag";
+/// Where the stored peer list came from (backend URL and region; absent for
+/// a standalone list), so that neither it nor its ETag is reused elsewhere.
+pub const KEY_PEERS_SOURCE: &str = "peers_source";
 
 /// A peer as the store keeps it: validated, with the reason it is not checked.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub enum StoreMsg {
     ReplacePeers {
         peers: Vec<StoredPeer>,
         etag: Option<String>,
+        /// See `KEY_PEERS_SOURCE`.
+        source: Option<String>,
     },
     /// The backend acknowledged results `first..=last` (a contiguous outbox
     /// batch). `done` answers whether the acknowledgement is committed.
@@ -237,6 +242,15 @@ fn set_state(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> 
     .map(|_| ())
 }
 
+fn set_or_clear_state(conn: &Connection, key: &str, value: Option<&str>) -> rusqlite::Result<()> {
+    match value {
+        Some(value) => set_state(conn, key, value),
+        None => conn
+            .execute("DELETE FROM probe_state WHERE key = ?1", [key])
+            .map(|_| ()),
+    }
+}
+
 pub fn probe_id(conn: &Connection) -> anyhow::Result<String> {
     get_state(conn, KEY_PROBE_ID)?.context("the database has no probe id")
 }
@@ -406,17 +420,14 @@ impl Writer {
                             ])?;
                             inserted += 1;
                         }
-                        StoreMsg::ReplacePeers { peers, etag } => {
+                        StoreMsg::ReplacePeers {
+                            peers,
+                            etag,
+                            source,
+                        } => {
                             replace_peers(&tx, peers)?;
-                            match etag {
-                                Some(etag) => set_state(&tx, KEY_PEERS_ETAG, etag)?,
-                                None => {
-                                    tx.execute(
-                                        "DELETE FROM probe_state WHERE key = ?1",
-                                        [KEY_PEERS_ETAG],
-                                    )?;
-                                }
-                            }
+                            set_or_clear_state(&tx, KEY_PEERS_ETAG, etag.as_deref())?;
+                            set_or_clear_state(&tx, KEY_PEERS_SOURCE, source.as_deref())?;
                         }
                         StoreMsg::Ack { first, last, .. } => {
                             acked += tx.execute(
@@ -917,6 +928,7 @@ mod tests {
                     skip_reason: None,
                 }],
                 etag: Some("\"v1\"".into()),
+                source: Some("http://b region=eu".into()),
             })
             .unwrap();
         let now = clock::now_ms();
@@ -956,6 +968,10 @@ mod tests {
         assert_eq!(
             get_state(&ro, KEY_PEERS_ETAG).unwrap().as_deref(),
             Some("\"v1\"")
+        );
+        assert_eq!(
+            get_state(&ro, KEY_PEERS_SOURCE).unwrap().as_deref(),
+            Some("http://b region=eu")
         );
         let rows = peer_statuses(&ro, now + 10).unwrap();
         assert_eq!(rows.len(), 1);

@@ -610,6 +610,76 @@ fn restart_during_outage_checks_from_cache_and_delivers_later() {
 }
 
 #[test]
+fn a_list_cached_for_another_region_is_not_reused() {
+    require_private_netns();
+    let refused = free_port();
+    let backend = Backend::start(vec![peer_json(
+        6,
+        "six",
+        "127.0.0.1",
+        refused,
+        "tcp",
+        "",
+        None,
+    )]);
+    backend.set(|m| m.etag = Some("\"eu-v1\""));
+    let dir = temp_dir("region-change");
+    let eu = daemon_args(&backend, &dir, &["--region", "eu"]);
+    let mut first = Daemon::start(&dir, &eu, &[]);
+    wait_for("results for the eu list", Duration::from_secs(20), || {
+        (!backend.delivered_seqs().is_empty()).then_some(())
+    });
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+    let results_eu = all_seqs(&first.db).len();
+
+    // Same database, now for region "us", and the backend is down: the eu
+    // list must not be checked and reported as the us list, and its ETag
+    // must not be offered (a 304 would make the eu list the us list).
+    backend.set(|m| m.peers_override = Some(bad_500));
+    let gets_before = backend.gets();
+    let us = daemon_args(&backend, &dir, &["--region", "us"]);
+    let mut second = Daemon::start(&dir, &us, &[]);
+    wait_for("two fetches for us", Duration::from_secs(20), || {
+        (backend.gets() >= gets_before + 2).then_some(())
+    });
+    assert!(
+        second.log().contains("came from another backend, region"),
+        "{}",
+        second.log()
+    );
+    // Fetches are at least 1 s apart and checks run every second: two
+    // fetches leave time for a check of a reused list.
+    assert_eq!(
+        all_seqs(&second.db).len(),
+        results_eu,
+        "no check of the eu list"
+    );
+    // Once the backend answers, the us list is checked.
+    backend.set(|m| m.peers_override = None);
+    wait_for("results for the us list", Duration::from_secs(20), || {
+        (all_seqs(&second.db).len() > results_eu).then_some(())
+    });
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(30)), Some(0));
+    let gets = backend.server.requests_to("GET", "/api/peers");
+    for g in &gets[gets_before..] {
+        assert_eq!(g.query("region").as_deref(), Some("us"));
+        assert_eq!(g.header("if-none-match"), None, "the eu ETag was offered");
+    }
+    // Back to eu after us answered: the stored list is the us one now, so
+    // nothing is reused either; the eu list comes fresh.
+    let mut third = Daemon::start(&dir, &eu, &[]);
+    wait_for("an eu fetch", Duration::from_secs(20), || {
+        (backend.gets() > gets.len()).then_some(())
+    });
+    third.signal("TERM");
+    assert_eq!(third.wait_exit(Duration::from_secs(30)), Some(0));
+    let gets = backend.server.requests_to("GET", "/api/peers");
+    assert_eq!(gets.last().unwrap().header("if-none-match"), None);
+}
+
+#[test]
 fn sigterm_during_a_replay_loses_nothing() {
     require_private_netns();
     let refused = free_port();
