@@ -128,20 +128,6 @@ fn silent_peer_is_offline_at_the_timeout() {
 }
 
 #[test]
-fn unknown_name_is_offline_as_not_resolved() {
-    require_private_netns();
-    let (code, r, _) = check(&["tcp://no-such-node.invalid:11010"]);
-    assert_eq!(code, Some(1), "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("name not resolved"),
-        "{r}"
-    );
-}
-
-#[test]
 fn text_output_is_one_line() {
     require_private_netns();
     let port = free_port();

@@ -112,38 +112,46 @@ impl TargetNode {
 }
 
 pub mod backend;
+pub mod dns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Settings the probe reads from the environment: tests decide every
+/// setting themselves, so none leaks in from the shell that runs them.
+pub const PROBE_ENV_VARS: &[&str] = &[
+    "PEERS_FILE",
+    "HEALTH_CHECK_INTERVAL",
+    "HEALTH_CHECK_TIMEOUT",
+    "PROBE_WORKERS",
+    "DATABASE_PATH",
+    "RETENTION_DAYS",
+    "PROBE_NETWORK_NAME",
+    "ALLOW_QUIC",
+    "DISTRIBUTED_MODE_ENABLED",
+    "BACKEND_BASE_URL",
+    "NODE_TOKEN",
+    "NODE_TOKEN_FILE",
+    "API_KEY",
+    "API_KEY_FILE",
+    "REGION",
+    "PEER_FETCH_INTERVAL",
+    "STATUS_REPORT_INTERVAL",
+    "REPORT_BATCH_SIZE",
+    "MAX_BUFFERED_RESULTS",
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "RUST_LOG",
+];
+
+pub fn probe_path() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_easytier-probe"))
+}
+
 pub fn probe_bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easytier-probe"));
-    // Tests decide every setting themselves.
-    for var in [
-        "PEERS_FILE",
-        "HEALTH_CHECK_INTERVAL",
-        "HEALTH_CHECK_TIMEOUT",
-        "PROBE_WORKERS",
-        "DATABASE_PATH",
-        "RETENTION_DAYS",
-        "PROBE_NETWORK_NAME",
-        "ALLOW_QUIC",
-        "DISTRIBUTED_MODE_ENABLED",
-        "BACKEND_BASE_URL",
-        "NODE_TOKEN",
-        "NODE_TOKEN_FILE",
-        "API_KEY",
-        "API_KEY_FILE",
-        "REGION",
-        "PEER_FETCH_INTERVAL",
-        "STATUS_REPORT_INTERVAL",
-        "REPORT_BATCH_SIZE",
-        "MAX_BUFFERED_RESULTS",
-        "STATE_DIRECTORY",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "RUST_LOG",
-    ] {
+    let mut cmd = Command::new(probe_path());
+    for var in PROBE_ENV_VARS {
         cmd.env_remove(var);
     }
     cmd
