@@ -71,6 +71,12 @@ pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
     let started = Instant::now();
     let checked_at_ms = clock::now_ms();
     let role = peer.role();
+    log::debug!(
+        "checking peer {} ({}) as {}",
+        peer.id,
+        peer.uri(),
+        role.as_str()
+    );
     let mut verdict = match resolve(peer, started + opts.timeout) {
         Ok(families) => match build_config(peer, opts) {
             Ok(config) => run_instance(config, role, peer, &families, started, opts.timeout),

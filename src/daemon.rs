@@ -30,6 +30,12 @@ use crate::store::{self, StoreMsg, StoredPeer, WriterOptions};
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// Budget of the last status report on shutdown.
 const FINAL_REPORT_BUDGET: Duration = Duration::from_secs(5);
+/// Everything after a stop signal fits in this, below the unit's
+/// TimeoutStopSec=30 with room for the process to exit.
+const DEFAULT_STOP_BUDGET: Duration = Duration::from_secs(25);
+/// Overrides the number above, in seconds (for a unit with another
+/// TimeoutStopSec, and for tests).
+pub const STOP_BUDGET_ENV: &str = "EASYTIER_PROBE_STOP_BUDGET_SECS";
 /// EasyTier 2.0.3 keeps about 1 KB per instance for the life of the process
 /// (a global map of peer-center data that is never cleaned). After this many
 /// checks the daemon stops cleanly and re-executes itself, which returns that
@@ -272,6 +278,13 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     } else {
         never()
     };
+    // Read now: after a stop signal there is no time for surprises.
+    let stop_budget = std::env::var(STOP_BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .filter(|d| *d > FINAL_REPORT_BUDGET)
+        .unwrap_or(DEFAULT_STOP_BUDGET);
     let recycle_after = std::env::var(RECYCLE_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -333,26 +346,47 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         }
     };
 
-    // Shutdown, in dependency order.
+    // Shutdown, in dependency order, all of it within the stop budget so that
+    // systemd (TimeoutStopSec=30) never has to kill the probe.
+    let stop_deadline = Instant::now() + stop_budget;
     if exit == Exit::Stop {
         notifier.stopping();
     }
     if let Some(f) = fetcher {
         f.shutdown(Duration::from_secs(1));
     }
-    pool.shutdown();
+    // Running checks may finish (each is bounded by the check timeout), but
+    // leave the final report its budget.
+    let workers_joined = pool.shutdown(stop_deadline - FINAL_REPORT_BUDGET);
+    if !workers_joined {
+        log::warn!(
+            "{} checks still running at the stop deadline; their results are not recorded",
+            main.schedule.in_flight()
+        );
+    }
     while let Ok(f) = finished_rx.try_recv() {
         main.finished(f);
     }
     let (done, flushed) = crossbeam_channel::bounded(1);
-    if main.store.send(StoreMsg::Flush(done)).is_ok() && flushed.recv() == Ok(false) {
-        log::error!("the database refused the last results; they are lost with this exit");
+    if main.store.send(StoreMsg::Flush(done)).is_ok()
+        && flushed.recv_deadline(stop_deadline) != Ok(true)
+    {
+        log::error!("the last results could not be saved before the exit");
     }
-    if let Some(r) = reporter {
-        r.shutdown(FINAL_REPORT_BUDGET);
-    }
+    let reporter_joined = match reporter {
+        Some(r) => r.shutdown(FINAL_REPORT_BUDGET, stop_deadline),
+        None => true,
+    };
     drop(main);
-    store.shutdown();
+    if workers_joined && reporter_joined {
+        store.shutdown();
+    } else {
+        // A thread left running still holds a store sender, so the writer
+        // would wait for it. Everything sent before the flush is committed
+        // (WAL); the next start picks the database up as it is.
+        log::info!("not waiting for the store writer: a thread is still running");
+        store.abandon();
+    }
     // A stop signal during a recycle wins: exit instead of starting again.
     let stop_requested = signals.try_iter().any(|s| matches!(s, Signal::Stop(_)));
     if exit == Exit::Recycle && !stop_requested {

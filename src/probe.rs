@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use anyhow::Context;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::checker::{self, CheckOptions, Status};
 use crate::peer::Peer;
@@ -33,6 +34,9 @@ pub struct ProbePool {
     jobs: Option<Sender<Job>>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// Disconnects once every worker thread has ended: each holds a sender
+    /// until it returns (or unwinds), so no explicit message is needed.
+    all_exited: Receiver<()>,
 }
 
 impl ProbePool {
@@ -47,8 +51,10 @@ impl ProbePool {
     ) -> anyhow::Result<ProbePool> {
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(count);
         let stopping = Arc::new(AtomicBool::new(false));
+        let (exit_guard, all_exited) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(count);
         for n in 0..count {
+            let exit_guard = exit_guard.clone();
             let queue = queue.clone();
             let results = results.clone();
             let finished = finished.clone();
@@ -57,6 +63,7 @@ impl ProbePool {
             let worker = std::thread::Builder::new()
                 .name(format!("probe-{n}"))
                 .spawn(move || {
+                    let _exit_guard = exit_guard;
                     for job in queue {
                         let peer_id = job.peer.id;
                         let outcome = run_job(job, &options, &stopping, &results);
@@ -83,6 +90,7 @@ impl ProbePool {
             jobs: Some(jobs),
             stopping,
             workers,
+            all_exited,
         })
     }
 
@@ -93,16 +101,26 @@ impl ProbePool {
         jobs.try_send(job).is_ok()
     }
 
-    /// Lets running checks finish (each is bounded by the check timeout),
-    /// drops queued ones, and joins every worker. A worker panic is re-raised.
-    pub fn shutdown(mut self) {
+    /// Lets running checks finish, drops queued ones, and joins every
+    /// worker, waiting until `deadline` at most. False when checks were
+    /// still running then: their threads are left to end with the process
+    /// (and still hold store senders). A worker panic is re-raised.
+    pub fn shutdown(mut self, deadline: Instant) -> bool {
         self.stopping.store(true, Ordering::Relaxed);
         self.jobs.take();
+        loop {
+            match self.all_exited.recv_deadline(deadline) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
         for worker in self.workers.drain(..) {
             if let Err(panic) = worker.join() {
                 std::panic::resume_unwind(panic);
             }
         }
+        true
     }
 }
 
@@ -178,7 +196,7 @@ mod tests {
             .unwrap();
         assert_eq!(f.peer_id, peer.id);
         assert!(f.status.is_none(), "no check ran");
-        pool.shutdown();
+        assert!(pool.shutdown(Instant::now() + std::time::Duration::from_secs(10)));
         assert!(results.try_recv().is_err(), "no result stored");
     }
 }

@@ -28,6 +28,8 @@ enum Command {
 
 pub struct ReporterHandle {
     commands: Option<Sender<Command>>,
+    /// Disconnects when the thread ends (it holds the only sender).
+    exited: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -36,18 +38,28 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
 impl ReporterHandle {
-    /// Asks for one last report bounded by `budget`, then joins the thread.
-    pub fn shutdown(mut self, budget: Duration) {
+    /// Asks for one last report bounded by `budget` and joins the thread,
+    /// waiting until `deadline` at most: a report already in flight when
+    /// the stop came may hold the thread for its whole request timeout. False
+    /// when the thread was left running (its request dies with the process;
+    /// results it sent without a recorded acknowledgement go again next time).
+    pub fn shutdown(mut self, budget: Duration, deadline: Instant) -> bool {
         if let Some(commands) = self.commands.take() {
             let _ = commands.send(Command::Final {
-                deadline: Instant::now() + budget,
+                deadline: (Instant::now() + budget).min(deadline),
             });
+        }
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            self.exited.recv_deadline(deadline)
+        {
+            return false;
         }
         if let Some(thread) = self.thread.take() {
             if let Err(panic) = thread.join() {
                 std::panic::resume_unwind(panic);
             }
         }
+        true
     }
 }
 
@@ -57,9 +69,11 @@ pub fn spawn(
     store: Sender<StoreMsg>,
 ) -> anyhow::Result<ReporterHandle> {
     let (commands, command_rx) = crossbeam_channel::unbounded();
+    let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("reporter".into())
         .spawn(move || {
+            let _exit_guard = exit_guard;
             Reporter {
                 client,
                 options,
@@ -70,6 +84,7 @@ pub fn spawn(
         .context("cannot start the reporter thread")?;
     Ok(ReporterHandle {
         commands: Some(commands),
+        exited,
         thread: Some(thread),
     })
 }

@@ -90,6 +90,13 @@ impl StoreHandle {
         self.sender.clone().expect("store is running")
     }
 
+    /// Leaves the writer thread to end with the process (shutdown when some
+    /// sender is held by a thread that did not stop in time).
+    pub fn abandon(mut self) {
+        self.sender.take();
+        self.thread.take();
+    }
+
     /// Drops this handle's sender and waits for the writer to commit and exit.
     /// The writer exits once every sender (workers, reporter) is gone.
     pub fn shutdown(mut self) {

@@ -254,6 +254,32 @@ fn a_second_stop_signal_exits_at_once() {
 }
 
 #[test]
+fn a_stop_finishes_within_its_budget_even_with_a_long_check_running() {
+    require_private_netns();
+    let dir = temp_dir("stop-budget");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mut daemon = Daemon::start(
+        &dir,
+        &["--peer".into(), uri, "--check-timeout".into(), "120".into()],
+        &[
+            ("EASYTIER_PROBE_STOP_BUDGET_SECS", "8".to_string()),
+            ("RUST_LOG", "info,easytier_probe::checker=debug".to_string()),
+        ],
+    );
+    wait_for("the check to start", Duration::from_secs(20), || {
+        daemon.log().contains("checking peer").then_some(())
+    });
+    daemon.signal("TERM");
+    // The check would run for 120 s; the stop budget is 8 s (a unit's
+    // TimeoutStopSec would kill the probe otherwise).
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = daemon.log();
+    assert!(log.contains("still running at the stop deadline"), "{log}");
+    assert!(log.contains("stopped after"), "{log}");
+}
+
+#[test]
 fn bad_input_exits_2_before_any_work() {
     let dir = temp_dir("bad-input");
     let malformed = dir.join("malformed.json");
