@@ -184,7 +184,10 @@ fn store_and_drain() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let drain = started.elapsed();
-    reporter.shutdown(Duration::from_secs(1), Instant::now() + Duration::from_secs(30));
+    reporter.shutdown(
+        Duration::from_secs(1),
+        Instant::now() + Duration::from_secs(30),
+    );
     drop(sender);
     handle.shutdown();
     println!();

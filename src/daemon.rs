@@ -387,10 +387,20 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         log::info!("not waiting for the store writer: a thread is still running");
         store.abandon();
     }
-    // A stop signal during a recycle wins: exit instead of starting again.
-    let stop_requested = signals.try_iter().any(|s| matches!(s, Signal::Stop(_)));
-    if exit == Exit::Recycle && !stop_requested {
-        return re_execute();
+    if exit == Exit::Recycle {
+        // A stop signal during a recycle wins: exit instead of starting
+        // again. From here on a stop signal ends the process at once (status
+        // 0: everything is saved); one that came earlier is in `signals`.
+        // Without this, a signal arriving between that look and the exec
+        // would be taken by the old handler and lost.
+        for signal in [SIGTERM, SIGINT] {
+            let always = Arc::new(AtomicBool::new(true));
+            signal_hook::flag::register_conditional_shutdown(signal, 0, always)
+                .context("cannot arm the stop handler for the re-execution")?;
+        }
+        if !signals.try_iter().any(|s| matches!(s, Signal::Stop(_))) {
+            return re_execute();
+        }
     }
     log::info!("stopped after {}s", started.elapsed().as_secs());
     Ok(())
