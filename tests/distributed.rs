@@ -694,16 +694,23 @@ fn sigterm_during_a_replay_loses_nothing() {
     wait_for("a backlog", Duration::from_secs(60), || {
         (daemon.db.exists() && unacked(&daemon.db) >= 30).then_some(())
     });
-    // Slow acknowledgements make the replay last long enough to interrupt it.
-    let slow = backend.delivered.clone();
-    backend.server.set_handler(move |req: &Request| {
-        if req.method == "PUT" {
-            slow.lock().unwrap().push(req.json());
-            Response::json(200, ok_answer()).delayed(Duration::from_millis(300))
-        } else {
-            Response::json(503, json!({"code": 503}))
+    // Slow acknowledgements make the replay last long enough to interrupt
+    // it: 2 results per 0.6 s drain barely faster than 2 peers a second add,
+    // so the 30-result backlog outlasts the final report's 5 s budget.
+    let reports = |delay: Duration| {
+        let delivered = backend.delivered.clone();
+        move |req: &Request| {
+            if req.method == "PUT" {
+                delivered.lock().unwrap().push(req.json());
+                Response::json(200, ok_answer()).delayed(delay)
+            } else {
+                Response::json(503, json!({"code": 503}))
+            }
         }
-    });
+    };
+    backend
+        .server
+        .set_handler(reports(Duration::from_millis(600)));
     wait_for("the replay under way", Duration::from_secs(20), || {
         (backend.delivered_seqs().len() >= 4).then_some(())
     });
@@ -728,6 +735,7 @@ fn sigterm_during_a_replay_loses_nothing() {
     assert_contiguous(&stored);
     // The next start delivers the rest. (The backend may already hold some of
     // it: a request cut short by the shutdown budget is resent, at least once.)
+    backend.server.set_handler(reports(Duration::ZERO));
     let mut again = Daemon::start(&dir, &args, &[]);
     wait_for(
         "the rest delivered and acknowledged",
