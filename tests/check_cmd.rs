@@ -112,10 +112,8 @@ fn wrong_secret_is_offline_as_rejected() {
 #[test]
 fn silent_peer_is_offline_at_the_timeout() {
     require_private_netns();
-    // A UDP socket that never answers: EasyTier's handshake gets no reply.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
-    let (code, r, _) = check(&[&uri, "--timeout", "2"]);
+    let silent = SilentPeer::start();
+    let (code, r, _) = check(&[&silent.uri, "--timeout", "2"]);
     assert_eq!(code, Some(1), "{r}");
     assert!(
         r["error"]

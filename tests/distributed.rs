@@ -123,6 +123,19 @@ impl Backend {
     }
 }
 
+/// A relay peer on a port where nothing listens: each check is a fast Offline.
+fn refused_peer(id: i64, port: u16) -> Value {
+    peer_json(
+        id,
+        &format!("peer-{id}"),
+        "127.0.0.1",
+        port,
+        "tcp",
+        "",
+        None,
+    )
+}
+
 fn secret_files(dir: &Path) -> (String, String) {
     let token = dir.join("node-token");
     let key = dir.join("api-key");
@@ -379,15 +392,7 @@ fn bad_huge() -> Response {
 fn bad_backend_answers_keep_the_last_good_list() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(vec![peer_json(
-        7,
-        "seven",
-        "127.0.0.1",
-        refused,
-        "tcp",
-        "",
-        None,
-    )]);
+    let backend = Backend::start(vec![refused_peer(7, refused)]);
     let dir = temp_dir("bad-answers");
     let args = daemon_args(&backend, &dir, &[]);
     let mut daemon = Daemon::start(&dir, &args, &[]);
@@ -445,7 +450,7 @@ fn bad_backend_answers_keep_the_last_good_list() {
     // A complete new round replaces the set: peer 7 goes, peer 8 comes, history stays.
     backend.set(|m| {
         m.peers_override = None;
-        m.peers = vec![peer_json(8, "eight", "127.0.0.1", refused, "tcp", "", None)];
+        m.peers = vec![refused_peer(8, refused)];
     });
     wait_for("peer 8 replacing peer 7", Duration::from_secs(20), || {
         let rows = daemon.status_json();
@@ -467,11 +472,7 @@ fn bad_backend_answers_keep_the_last_good_list() {
 fn outage_then_recovery_delivers_everything_and_drains_fast() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(
-        (1..=4)
-            .map(|id| peer_json(id, "p", "127.0.0.1", refused, "tcp", "", None))
-            .collect(),
-    );
+    let backend = Backend::start((1..=4).map(|id| refused_peer(id, refused)).collect());
     backend.set(|m| m.reports_down = true);
     let dir = temp_dir("outage");
     let mut args = daemon_args(&backend, &dir, &["--report-batch-size", "4"]);
@@ -511,15 +512,7 @@ fn outage_then_recovery_delivers_everything_and_drains_fast() {
 fn a_redirected_report_is_not_taken_as_delivered() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(vec![peer_json(
-        3,
-        "three",
-        "127.0.0.1",
-        refused,
-        "tcp",
-        "",
-        None,
-    )]);
+    let backend = Backend::start(vec![refused_peer(3, refused)]);
     backend.set(|m| m.reports_redirect = true);
     let dir = temp_dir("redirect");
     let args = daemon_args(&backend, &dir, &[]);
@@ -561,15 +554,7 @@ fn a_redirected_report_is_not_taken_as_delivered() {
 fn restart_during_outage_checks_from_cache_and_delivers_later() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(vec![peer_json(
-        5,
-        "five",
-        "127.0.0.1",
-        refused,
-        "tcp",
-        "",
-        None,
-    )]);
+    let backend = Backend::start(vec![refused_peer(5, refused)]);
     let dir = temp_dir("restart");
     let args = daemon_args(&backend, &dir, &[]);
     let mut first = Daemon::start(&dir, &args, &[]);
@@ -613,15 +598,7 @@ fn restart_during_outage_checks_from_cache_and_delivers_later() {
 fn a_list_cached_for_another_region_is_not_reused() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(vec![peer_json(
-        6,
-        "six",
-        "127.0.0.1",
-        refused,
-        "tcp",
-        "",
-        None,
-    )]);
+    let backend = Backend::start(vec![refused_peer(6, refused)]);
     backend.set(|m| m.etag = Some("\"eu-v1\""));
     let dir = temp_dir("region-change");
     let eu = daemon_args(&backend, &dir, &["--region", "eu"]);
@@ -683,10 +660,7 @@ fn a_list_cached_for_another_region_is_not_reused() {
 fn sigterm_during_a_replay_loses_nothing() {
     require_private_netns();
     let refused = free_port();
-    let backend = Backend::start(vec![
-        peer_json(1, "a", "127.0.0.1", refused, "tcp", "", None),
-        peer_json(2, "b", "127.0.0.1", refused, "tcp", "", None),
-    ]);
+    let backend = Backend::start(vec![refused_peer(1, refused), refused_peer(2, refused)]);
     backend.set(|m| m.reports_down = true);
     let dir = temp_dir("replay-term");
     let args = daemon_args(&backend, &dir, &["--report-batch-size", "2"]);
@@ -756,7 +730,7 @@ fn kill_9_loses_no_written_result() {
     require_private_netns();
     let refused = free_port();
     let backend = Backend::start(vec![
-        peer_json(1, "a", "127.0.0.1", refused, "tcp", "", None),
+        refused_peer(1, refused),
         peer_json(2, "b", "127.0.0.1", refused, "udp", "", None),
     ]);
     let dir = temp_dir("kill9");

@@ -231,11 +231,15 @@ fn a_second_stop_signal_exits_at_once() {
     require_private_netns();
     let dir = temp_dir("second-signal");
     // A peer that never answers keeps a check running for the whole timeout.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let silent = SilentPeer::start();
     let mut daemon = Daemon::start(
         &dir,
-        &["--peer".into(), uri, "--check-timeout".into(), "120".into()],
+        &[
+            "--peer".into(),
+            silent.uri.clone(),
+            "--check-timeout".into(),
+            "120".into(),
+        ],
         &[],
     );
     wait_for("the check to start", Duration::from_secs(20), || {
@@ -257,11 +261,15 @@ fn a_second_stop_signal_exits_at_once() {
 fn a_stop_finishes_within_its_budget_even_with_a_long_check_running() {
     require_private_netns();
     let dir = temp_dir("stop-budget");
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let uri = format!("udp://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let silent = SilentPeer::start();
     let mut daemon = Daemon::start(
         &dir,
-        &["--peer".into(), uri, "--check-timeout".into(), "120".into()],
+        &[
+            "--peer".into(),
+            silent.uri.clone(),
+            "--check-timeout".into(),
+            "120".into(),
+        ],
         &[
             ("EASYTIER_PROBE_STOP_BUDGET_SECS", "8".to_string()),
             ("RUST_LOG", "info,easytier_probe::checker=debug".to_string()),
@@ -426,9 +434,7 @@ fn due_peers_waiting_for_a_busy_worker_do_not_make_the_loop_spin() {
     let dir = temp_dir("busy-workers");
     // One worker, three peers that never answer (each check takes the whole
     // timeout) and a 1 s interval: peers are overdue all the time.
-    let silent: Vec<std::net::UdpSocket> = (0..3)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let silent: Vec<SilentPeer> = (0..3).map(|_| SilentPeer::start()).collect();
     let mut args: Vec<String> = vec![
         "--workers".into(),
         "1".into(),
@@ -439,10 +445,7 @@ fn due_peers_waiting_for_a_busy_worker_do_not_make_the_loop_spin() {
     ];
     for s in &silent {
         args.push("--peer".into());
-        args.push(format!(
-            "udp://127.0.0.1:{}",
-            s.local_addr().unwrap().port()
-        ));
+        args.push(s.uri.clone());
     }
     let mut daemon = Daemon::start(&dir, &args, &[]);
     wait_for("the first check to finish", Duration::from_secs(20), || {

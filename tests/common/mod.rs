@@ -32,6 +32,25 @@ pub fn require_private_netns() {
     );
 }
 
+/// A peer that never answers: a bound UDP socket nobody reads, so an
+/// EasyTier handshake gets no reply and a check runs to its timeout. Keep
+/// the socket alive as long as the peer is needed.
+pub struct SilentPeer {
+    _socket: UdpSocket,
+    pub uri: String,
+}
+
+impl SilentPeer {
+    pub fn start() -> SilentPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let uri = format!("udp://127.0.0.1:{}", socket.local_addr().unwrap().port());
+        SilentPeer {
+            _socket: socket,
+            uri,
+        }
+    }
+}
+
 /// A free port on 127.0.0.1 for both TCP and UDP (the OS picks it).
 pub fn free_port() -> u16 {
     loop {
