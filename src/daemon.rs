@@ -358,14 +358,14 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     // Running checks may finish (each is bounded by the check timeout), but
     // leave the final report its budget.
     let workers_joined = pool.shutdown(stop_deadline - FINAL_REPORT_BUDGET);
+    while let Ok(f) = finished_rx.try_recv() {
+        main.finished(f);
+    }
     if !workers_joined {
         log::warn!(
             "{} checks still running at the stop deadline; their results are not recorded",
             main.schedule.in_flight()
         );
-    }
-    while let Ok(f) = finished_rx.try_recv() {
-        main.finished(f);
     }
     let (done, flushed) = crossbeam_channel::bounded(1);
     if main.store.send(StoreMsg::Flush(done)).is_ok()

@@ -453,6 +453,13 @@ impl Writer {
             tx.commit()?;
             Ok(())
         })();
+        // Only a refusal that can pass (full disk, I/O error, a lock) is
+        // worth keeping the batch for; any other error would fail every
+        // retry and hold up every later result behind it.
+        let retry = match &result {
+            Err(e) => is_transient(e),
+            Ok(()) => false,
+        };
         let committed = match result {
             Ok(()) => {
                 self.outbox = outbox;
@@ -461,6 +468,10 @@ impl Writer {
                     self.write_failing = false;
                 }
                 true
+            }
+            Err(e) if !retry => {
+                log::error!("cannot write to the database: {e:#}; this batch is dropped");
+                false
             }
             Err(e) => {
                 // Logged once per failure spell, not once per retry.
@@ -479,7 +490,7 @@ impl Writer {
                 let _ = done.send(committed);
                 false
             }
-            StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => !committed,
+            StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => retry,
         });
         if batch.len() > MAX_RETAINED {
             let excess = batch.len() - MAX_RETAINED;
@@ -489,6 +500,22 @@ impl Writer {
             batch.drain(..excess);
         }
     }
+}
+
+/// Refusals that can pass: a full disk, an I/O error, a lock held too long.
+/// Anything else (a constraint, a bad statement) would fail every retry.
+fn is_transient(error: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _)) if matches!(
+                e.code,
+                DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked
+                    | ReadOnly | CannotOpen | OutOfMemory
+            )
+        )
+    })
 }
 
 impl OutboxCap {
@@ -744,32 +771,32 @@ mod tests {
         assert!(rx.recv().unwrap(), "committed");
     }
 
+    fn distributed_writer(conn: Connection, max_buffered: u64) -> StoreHandle {
+        let options = WriterOptions {
+            auto_ack: false,
+            retention: Duration::from_secs(86_400),
+            max_buffered,
+        };
+        spawn(conn, options).unwrap()
+    }
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn a_refused_write_is_kept_and_retried_not_lost() {
         let path = temp_db("refused-write");
-        let conn = open_rw(&path).unwrap();
-        // A switch another connection flips: while on, every insert into
-        // `results` fails the way a full disk would fail the transaction.
-        conn.execute_batch(
-            "CREATE TABLE fail_switch (on_ INTEGER);
-             INSERT INTO fail_switch VALUES (1);
-             CREATE TRIGGER refuse BEFORE INSERT ON results
-               WHEN (SELECT on_ FROM fail_switch) = 1
-               BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END;",
-        )
-        .unwrap();
-        let store = spawn(
-            conn,
-            WriterOptions {
-                auto_ack: false,
-                retention: Duration::from_secs(86_400),
-                // Exactly the three results: a count that also took the
-                // failed attempt into account would drop them on the retry.
-                max_buffered: 3,
-            },
-        )
-        .unwrap();
+        // Exactly the three results: a count that also took the failed
+        // attempt into account would drop them on the retry.
+        let store = distributed_writer(open_rw(&path).unwrap(), 3);
         let sender = store.sender();
+        // Another connection holds the write lock past the writer's busy
+        // timeout: the writer's transaction fails as with a disk that is
+        // full for a while.
+        let side = Connection::open(&path).unwrap();
+        side.execute_batch("BEGIN IMMEDIATE").unwrap();
         let now = clock::now_ms();
         for n in 0..3 {
             let r = result(1, Status::Online, now + n);
@@ -778,24 +805,47 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(1);
         sender.send(StoreMsg::Flush(tx)).unwrap();
         assert!(!rx.recv().unwrap(), "the caller hears the write failed");
-        let side = Connection::open(&path).unwrap();
-        side.busy_timeout(Duration::from_secs(5)).unwrap();
-        side.execute("UPDATE fail_switch SET on_ = 0", []).unwrap();
+        side.execute_batch("ROLLBACK").unwrap();
         // The retained results are written on the next attempt: the next
         // message, or the once-a-second retry.
         let ro = open_ro(&path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while ro
-            .query_row("SELECT count(*) FROM results", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-            < 3
-        {
+        while count(&ro) < 3 {
             assert!(Instant::now() < deadline, "retained results never written");
             std::thread::sleep(Duration::from_millis(20));
         }
         flush(&sender);
         let s = summary(&ro).unwrap();
         assert_eq!((s.buffered, s.dropped), (3, 0), "counted once each");
+        drop(sender);
+        store.shutdown();
+    }
+
+    #[test]
+    fn a_batch_that_can_never_be_written_does_not_hold_up_later_ones() {
+        let path = temp_db("poison-batch");
+        let conn = open_rw(&path).unwrap();
+        // Results for peer 666 violate a constraint, on every attempt.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON results WHEN NEW.peer_id = 666
+               BEGIN SELECT RAISE(ABORT, 'never valid'); END;",
+        )
+        .unwrap();
+        let store = distributed_writer(conn, 1_000);
+        let sender = store.sender();
+        let now = clock::now_ms();
+        let poison = result(666, Status::Online, now);
+        sender.send(StoreMsg::Result(Box::new(poison))).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender.send(StoreMsg::Flush(tx)).unwrap();
+        assert!(!rx.recv().unwrap());
+        for n in 1..=2 {
+            let r = result(1, Status::Online, now + n);
+            sender.send(StoreMsg::Result(Box::new(r))).unwrap();
+        }
+        flush(&sender);
+        let ro = open_ro(&path).unwrap();
+        assert_eq!(count(&ro), 2, "later results are written");
         drop(sender);
         store.shutdown();
     }
