@@ -368,9 +368,12 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     let (done, flushed) = crossbeam_channel::bounded(1);
-    if main.store.send(StoreMsg::Flush(done)).is_ok()
-        && flushed.recv_deadline(stop_deadline) != Ok(true)
-    {
+    let saved = main
+        .store
+        .send_deadline(StoreMsg::Flush(done), stop_deadline)
+        .is_ok()
+        && flushed.recv_deadline(stop_deadline) == Ok(true);
+    if !saved {
         log::error!("the last results could not be saved before the exit");
     }
     let reporter_joined = match reporter {

@@ -206,8 +206,8 @@ impl Reporter {
         if let Some((first, last)) = range {
             let (done, confirmed) = crossbeam_channel::bounded(1);
             self.store
-                .send(StoreMsg::Ack { first, last, done })
-                .context("the store writer is gone")?;
+                .send_timeout(StoreMsg::Ack { first, last, done }, ACK_WAIT)
+                .map_err(|_| anyhow::anyhow!("the store writer is gone or not keeping up"))?;
             let committed = confirmed
                 .recv_timeout(ACK_WAIT)
                 .context("the store writer did not confirm the acknowledgement")?;

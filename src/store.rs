@@ -372,6 +372,16 @@ impl Writer {
                     continue;
                 }
             }
+            if self.write_failing {
+                // While the database refuses writes, an attempt per message
+                // would cost a busy timeout each and stop the writer from
+                // draining its channel, so the workers would block on it.
+                // Everything queues here instead and goes with the next
+                // once-a-second retry.
+                batch.extend(receiver.try_iter());
+                trim_retained(&mut batch);
+                continue;
+            }
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
                     Ok(msg) => batch.push(msg),
@@ -492,14 +502,31 @@ impl Writer {
             }
             StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => retry,
         });
-        if batch.len() > MAX_RETAINED {
-            let excess = batch.len() - MAX_RETAINED;
-            log::error!(
-                "the database still refuses writes: giving up the {excess} oldest unsaved messages"
-            );
-            batch.drain(..excess);
-        }
+        trim_retained(batch);
     }
+}
+
+/// Keeps at most `MAX_RETAINED` unsaved results and peer lists, giving up
+/// the oldest. Waiting callers (`Ack`, `Flush`) stay: they get their answer
+/// with the next attempt.
+fn trim_retained(batch: &mut Vec<StoreMsg>) {
+    let data = |m: &StoreMsg| matches!(m, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. });
+    let held = batch.iter().filter(|m| data(m)).count();
+    if held <= MAX_RETAINED {
+        return;
+    }
+    let mut excess = held - MAX_RETAINED;
+    log::error!(
+        "the database still refuses writes: giving up the {excess} oldest unsaved messages"
+    );
+    batch.retain(|m| {
+        if excess > 0 && data(m) {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// Refusals that can pass: a full disk, an I/O error, a lock held too long.
@@ -806,8 +833,7 @@ mod tests {
         sender.send(StoreMsg::Flush(tx)).unwrap();
         assert!(!rx.recv().unwrap(), "the caller hears the write failed");
         side.execute_batch("ROLLBACK").unwrap();
-        // The retained results are written on the next attempt: the next
-        // message, or the once-a-second retry.
+        // The retained results are written by the once-a-second retry.
         let ro = open_ro(&path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while count(&ro) < 3 {
@@ -817,6 +843,39 @@ mod tests {
         flush(&sender);
         let s = summary(&ro).unwrap();
         assert_eq!((s.buffered, s.dropped), (3, 0), "counted once each");
+        drop(sender);
+        store.shutdown();
+    }
+
+    #[test]
+    fn a_refusing_database_does_not_block_the_senders() {
+        let path = temp_db("refusing-drains");
+        let store = distributed_writer(open_rw(&path).unwrap(), 1_000_000);
+        let sender = store.sender();
+        let side = Connection::open(&path).unwrap();
+        side.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // More results than the channel and one batch hold, while every
+        // write fails after the 5 s busy timeout: a writer that tried again
+        // per message would take in one message per attempt, and the channel
+        // would stay full.
+        let total = CHANNEL_CAPACITY + MAX_BATCH + 4_000;
+        // A failing writer takes everything in within a few busy timeouts;
+        // one that takes a message per timeout needs hours.
+        let all_sent_by = Instant::now() + Duration::from_secs(40);
+        let now = clock::now_ms();
+        for n in 0..total {
+            let r = result(1, Status::Online, now + n as i64);
+            sender
+                .send_deadline(StoreMsg::Result(Box::new(r)), all_sent_by)
+                .unwrap_or_else(|_| panic!("send {n} of {total} blocked on a failing writer"));
+        }
+        side.execute_batch("ROLLBACK").unwrap();
+        let ro = open_ro(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&ro) < total as i64 {
+            assert!(Instant::now() < deadline, "queued results never written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         drop(sender);
         store.shutdown();
     }
