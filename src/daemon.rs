@@ -270,6 +270,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         config.db_path.display()
     );
     notifier.ready(&format!("watching {} peers", main.schedule.len()));
+    // At once rather than half a watchdog period from now: after a recycle
+    // the last ping came from the previous image, before its shutdown.
+    notifier.watchdog();
 
     let watchdog = notifier.watchdog_interval().map(tick).unwrap_or_else(never);
     let summary_tick = tick(config.check_interval.max(Duration::from_secs(10)));
@@ -349,8 +352,13 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     // Shutdown, in dependency order, all of it within the stop budget so that
     // systemd (TimeoutStopSec=30) never has to kill the probe.
     let stop_deadline = Instant::now() + stop_budget;
-    if exit == Exit::Stop {
-        notifier.stopping();
+    match exit {
+        // systemd stops watching once it hears STOPPING=1.
+        Exit::Stop => notifier.stopping(),
+        // A recycle is not a stop: the watchdog keeps running through the
+        // shutdown (up to the stop budget) and the next start, so ping at
+        // both ends of the shutdown.
+        Exit::Recycle => notifier.watchdog(),
     }
     if let Some(f) = fetcher {
         f.shutdown(Duration::from_secs(1));
@@ -402,6 +410,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 .context("cannot arm the stop handler for the re-execution")?;
         }
         if !signals.try_iter().any(|s| matches!(s, Signal::Stop(_))) {
+            notifier.watchdog();
             return re_execute();
         }
     }

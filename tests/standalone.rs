@@ -376,6 +376,14 @@ fn recycles_itself_after_many_checks_and_keeps_going() {
     require_private_netns();
     let dir = temp_dir("recycle");
     let (p1, p2) = (free_port(), free_port());
+    // systemd's watchdog keeps running through a recycle. Its period here is
+    // far longer than the test, so every ping seen comes from the recycle
+    // path, not from the periodic timer.
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut daemon = Daemon::start(
         &dir,
         &[
@@ -386,7 +394,11 @@ fn recycles_itself_after_many_checks_and_keeps_going() {
             "--check-interval".into(),
             "1".into(),
         ],
-        &[("EASYTIER_PROBE_RECYCLE_AFTER_CHECKS", "4".to_string())],
+        &[
+            ("EASYTIER_PROBE_RECYCLE_AFTER_CHECKS", "4".to_string()),
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap().to_string()),
+            ("WATCHDOG_USEC", "600000000".to_string()),
+        ],
     );
     let pid = daemon.child.id();
     // Two re-executions: the same process (PID) starts three times.
@@ -395,6 +407,32 @@ fn recycles_itself_after_many_checks_and_keeps_going() {
     });
     assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
     assert!(daemon.log().contains("re-executing"));
+    // The watchdog hears from the old image right before the exec and from
+    // the new one right after its READY=1, so a recycle never leaves a gap
+    // of a whole watchdog period plus the shutdown.
+    let mut states = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(len) = notify.recv(&mut buf) {
+        states.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    let readies: Vec<usize> = (0..states.len())
+        .filter(|&i| states[i].starts_with("READY=1"))
+        .collect();
+    assert!(readies.len() >= 3, "{states:?}");
+    for &i in &readies {
+        assert_eq!(
+            states.get(i + 1).map(String::as_str),
+            Some("WATCHDOG=1"),
+            "{states:?}"
+        );
+    }
+    for &i in &readies[1..] {
+        assert_eq!(
+            states[i - 1],
+            "WATCHDOG=1",
+            "no ping before the exec: {states:?}"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .unwrap()
