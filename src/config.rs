@@ -247,6 +247,39 @@ impl std::error::Error for UsageError {}
 
 type Result<T> = std::result::Result<T, UsageError>;
 
+/// Checks the backend's base URL and returns it without a trailing slash,
+/// ready for "/peers" to be appended. The problem is described without the
+/// value when the value could hold a password.
+fn backend_base_url(raw: &str) -> std::result::Result<String, String> {
+    let raw = raw.trim();
+    let shown = if raw.contains('@') {
+        "the URL".to_string()
+    } else {
+        format!("{raw:?}")
+    };
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("{shown} is not a valid http:// or https:// URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{shown} is not an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{shown} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // It would be logged and stored with every peer list; the backend
+        // authenticates with headers anyway.
+        return Err(
+            "the URL must not hold a user name or password; give the credentials with --node-token-file and --api-key-file".into(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{shown} has a query or fragment; give the base path only (\"/peers\" is appended to it)"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 fn usage<T>(message: impl Into<String>) -> Result<T> {
     Err(UsageError(message.into()))
 }
@@ -486,17 +519,8 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
                 "--backend-base-url (or BACKEND_BASE_URL) is required in distributed mode",
             );
         };
-        let url = base.value.trim().trim_end_matches('/').to_string();
-        let lower = url.to_ascii_lowercase();
-        let host_part = lower
-            .strip_prefix("http://")
-            .or_else(|| lower.strip_prefix("https://"));
-        if host_part.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
-            return usage(format!(
-                "{}: {:?} is not an http:// or https:// URL",
-                base.source, base.value
-            ));
-        }
+        let url = backend_base_url(&base.value)
+            .map_err(|problem| UsageError(format!("{}: {problem}", base.source)))?;
         let node_token = secret(
             cli.node_token,
             cli.node_token_file,
@@ -679,6 +703,44 @@ mod tests {
         assert_eq!(d.node_token.expose(), "tok");
         assert_eq!(d.region.as_deref(), Some("eu"));
         assert!(!format!("{d:?}").contains("tok\""));
+    }
+
+    #[test]
+    fn a_bad_backend_url_is_refused_by_name_without_its_password() {
+        for (bad, problem) in [
+            ("ftp://x", "not an http"),
+            ("http://", "not a valid"),
+            ("http://x:99999/api", "not a valid"),
+            ("http://x/api?region=eu", "query"),
+            ("http://x/api#top", "query"),
+            ("https://probe:hunter2@x/api", "user name or password"),
+            ("x.example/api", "not a valid"),
+        ] {
+            let env = [
+                ("DISTRIBUTED_MODE_ENABLED", "true"),
+                ("NODE_TOKEN", "tok"),
+                ("BACKEND_BASE_URL", bad),
+            ];
+            let e = daemon(&[], &env).unwrap_err();
+            assert!(e.0.contains("BACKEND_BASE_URL"), "{bad}: {e}");
+            assert!(e.0.contains(problem), "{bad}: {e}");
+            assert!(!e.0.contains("hunter2"), "{e}");
+        }
+        let args = [
+            "--distributed-mode",
+            "--node-token",
+            "t",
+            "--backend-base-url",
+        ];
+        let e = daemon(&[&args[..], &["http://x?y"]].concat(), &NO_ENV).unwrap_err();
+        assert!(e.0.contains("--backend-base-url"), "{e}");
+        let ok = [
+            ("DISTRIBUTED_MODE_ENABLED", "true"),
+            ("NODE_TOKEN", "tok"),
+            ("BACKEND_BASE_URL", " HTTPS://Backend.Example:8443/api/v1/ "),
+        ];
+        let d = daemon(&[], &ok).unwrap().distributed.unwrap();
+        assert_eq!(d.backend_base_url, "https://backend.example:8443/api/v1");
     }
 
     #[test]
