@@ -186,8 +186,11 @@ fn check_host(host: &str) -> anyhow::Result<()> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
-    let valid = host.len() <= 253
-        && host.split('.').all(|label| {
+    // One trailing dot marks a fully qualified name ("relay.example.org."),
+    // as written in DNS zone files; the resolver takes it as it is.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let valid = name.len() <= 253
+        && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
                 && label
@@ -345,6 +348,13 @@ mod tests {
         assert!(parse_uri("tcp://host:70000").is_err());
         assert!(parse_uri("tcp://:80").is_err());
         assert!(parse_uri("tcp://h:1?network_secret=s").is_err());
+        // A fully qualified name may end in one dot, not two.
+        assert_eq!(
+            parse_uri("tcp://relay.example.org.:1").unwrap().host,
+            "relay.example.org."
+        );
+        assert!(parse_uri("tcp://relay.example.org..:1").is_err());
+        assert!(parse_uri("tcp://.:1").is_err());
     }
 
     #[test]

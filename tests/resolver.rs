@@ -80,6 +80,15 @@ fn lookups_decide_fast_only_when_the_name_does_not_exist() {
         "{r}"
     );
 
+    // A fully qualified name, with its trailing dot, as zone files write it.
+    let uri = format!("tcp://relay.test.:{}", relay.tcp_port);
+    let (code, r) = check("dns-fqdn", &[&uri, "--timeout", "10"]);
+    assert_eq!(
+        (code, &r["status"]),
+        (Some(0), &Value::from("Online")),
+        "{r}"
+    );
+
     // A resolver that never recovers: Offline at the timeout, saying so.
     *policy.lock().unwrap() = Answer::ServFail;
     let (code, r) = check(
