@@ -116,6 +116,13 @@ impl Reporter {
                 },
                 recv(after(wait)) -> _ => {}
             }
+            // `select!` picks at random among ready arms: while a backlog
+            // drains (`wait` is zero) a stop could lose that draw again and
+            // again, each loss costing a whole report.
+            if let Ok(Command::Final { deadline }) = commands.try_recv() {
+                self.final_attempt(deadline);
+                return;
+            }
             match self.report_once(None) {
                 Ok(sent) => {
                     backoff = FIRST_BACKOFF;
