@@ -69,6 +69,14 @@ impl Schedule {
             match self.entries.get_mut(&peer.id) {
                 Some(entry) => {
                     if entry.peer != peer {
+                        if self.running.contains(&peer.id) {
+                            // The job in hand is for the old address or
+                            // network (the daemon cancels it if it has not
+                            // started): check the new one as soon as it is
+                            // over, not an interval later. At most one such
+                            // peer per worker, so this is never a burst.
+                            entry.next_due = entry.next_due.min(now);
+                        }
                         entry.peer = peer;
                         changes.updated += 1;
                     }
@@ -192,6 +200,27 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.in_flight(), 1);
         s.finished(2); // a result for a removed peer is harmless
+    }
+
+    #[test]
+    fn a_peer_changed_while_its_check_is_in_hand_is_checked_again_at_once() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(60));
+        s.replace(peers(&[1, 2]), t0);
+        s.dispatched(1, t0);
+        let mut changed = peers(&[1, 2]);
+        changed[0].host = "moved.example".into();
+        changed[1].host = "moved.example".into();
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(s.replace(changed, t1).updated, 2);
+        s.finished(1);
+        let due: Vec<i64> = s.due(t1).iter().map(|p| p.id).collect();
+        assert_eq!(
+            due,
+            vec![1],
+            "peer 1 with its new address, peer 2 keeps its slot"
+        );
+        assert_eq!(s.due(t1)[0].host, "moved.example");
     }
 
     #[test]
