@@ -213,8 +213,11 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         cycle: CycleStats::default(),
         checks_done: 0,
     };
-    // A cached list is not stored again: it and its ETag are already there.
-    main.apply_peers(initial, None, config.distributed.is_none());
+    // A cached list is stored again, with its ETag: while the backend
+    // answers 304 no new list comes, and the stored skip reasons must follow
+    // this run's settings (--allow-quic), or `status` would show them wrong.
+    let persist = config.distributed.is_none() || !initial.is_empty();
+    main.apply_peers(initial, etag.clone(), persist);
 
     let (updates_tx, updates_rx) = crossbeam_channel::unbounded::<PeerUpdate>();
     let (fetcher, reporter) = match &config.distributed {

@@ -657,6 +657,61 @@ fn a_list_cached_for_another_region_is_not_reused() {
 }
 
 #[test]
+fn a_cached_list_follows_this_runs_settings_behind_a_304() {
+    require_private_netns();
+    let backend = Backend::start(vec![
+        refused_peer(1, free_port()),
+        peer_json(2, "quic-relay", "127.0.0.1", free_port(), "quic", "", None),
+    ]);
+    backend.set(|m| m.etag = Some("\"v1\""));
+    let dir = temp_dir("cache-settings");
+    let mut first = Daemon::start(&dir, &daemon_args(&backend, &dir, &[]), &[]);
+    wait_for(
+        "the quic peer shown as unsupported",
+        Duration::from_secs(20),
+        || {
+            let rows = if first.db.exists() {
+                first.status_json()
+            } else {
+                Vec::new()
+            };
+            rows.iter()
+                .any(|r| r["id"] == 2 && r["status"] == "unsupported")
+                .then_some(())
+        },
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // Same list, same ETag: every fetch of the second run is a 304, so the
+    // list the second run checks is the cached one.
+    let gets_before = backend.gets();
+    let args = daemon_args(&backend, &dir, &["--allow-quic"]);
+    let mut second = Daemon::start(&dir, &args, &[]);
+    wait_for(
+        "the quic peer checked and shown so",
+        Duration::from_secs(30),
+        || {
+            let rows = second.status_json();
+            let quic = rows.iter().find(|r| r["id"] == 2)?;
+            (quic["checks_24h"].as_i64()? > 0 && backend.gets() > gets_before).then_some(())
+        },
+    );
+    let rows = second.status_json();
+    let quic = rows.iter().find(|r| r["id"] == 2).unwrap();
+    assert_ne!(quic["status"], "unsupported", "{quic}");
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(30)), Some(0));
+    let gets = backend.server.requests_to("GET", "/api/peers");
+    assert!(
+        gets[gets_before..]
+            .iter()
+            .all(|g| g.header("if-none-match") == Some("\"v1\"")),
+        "the second run answered from its cache with the stored ETag"
+    );
+}
+
+#[test]
 fn sigterm_during_a_replay_loses_nothing() {
     require_private_netns();
     let refused = free_port();
