@@ -403,106 +403,135 @@ impl Writer {
     }
 
     /// Applies a batch in one transaction, then answers the waiting callers.
-    /// When the database refuses the write, the results and peer list stay in
-    /// `batch` for the next try, and the callers hear that nothing committed.
+    /// When the database refuses the write for a while (full disk, a lock),
+    /// the results and peer list stay in `batch` for the next try, and the
+    /// callers hear that nothing committed. When the batch itself cannot be
+    /// written, its messages are written one by one so that only the bad
+    /// one is lost.
     fn apply(&mut self, batch: &mut Vec<StoreMsg>) {
-        let auto_ack = self.options.auto_ack;
-        // Counters change only with a commit: work on a copy.
-        let mut outbox = self.outbox.clone();
-        let result = (|| -> anyhow::Result<()> {
-            let tx = self.conn.transaction()?;
-            let mut inserted = 0u64;
-            let mut acked = 0u64;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO results (peer_id, checked_at_ms, status, response_time_ms,
-                        latency_us, remote_version, remote_hostname, role, error, duration_ms, acked)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?;
-                for msg in batch.iter() {
-                    match msg {
-                        StoreMsg::Result(r) => {
-                            insert.execute(params![
-                                r.peer_id,
-                                r.checked_at_ms,
-                                r.status.as_str(),
-                                r.response_time,
-                                r.latency_us,
-                                r.remote_version,
-                                r.remote_hostname,
-                                r.role,
-                                r.error,
-                                r.duration_ms,
-                                auto_ack,
-                            ])?;
-                            inserted += 1;
-                        }
-                        StoreMsg::ReplacePeers {
-                            peers,
-                            etag,
-                            source,
-                        } => {
-                            replace_peers(&tx, peers)?;
-                            set_or_clear_state(&tx, KEY_PEERS_ETAG, etag.as_deref())?;
-                            set_or_clear_state(&tx, KEY_PEERS_SOURCE, source.as_deref())?;
-                        }
-                        StoreMsg::Ack { first, last, .. } => {
-                            acked += tx.execute(
-                                "UPDATE results SET acked = 1 WHERE seq BETWEEN ?1 AND ?2 AND acked = 0",
-                                params![first, last],
-                            )? as u64;
-                        }
-                        StoreMsg::Flush(_) => {}
-                    }
-                }
-            }
-            if !auto_ack {
-                outbox.unacked = (outbox.unacked + inserted).saturating_sub(acked);
-                outbox.enforce(&tx)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        // Only a refusal that can pass (full disk, I/O error, a lock) is
-        // worth keeping the batch for; any other error would fail every
-        // retry and hold up every later result behind it.
-        let retry = match &result {
-            Err(e) => is_transient(e),
-            Ok(()) => false,
-        };
-        let committed = match result {
+        let error = match self.write(batch) {
             Ok(()) => {
-                self.outbox = outbox;
                 if self.write_failing {
                     log::info!("the database accepts writes again; retained results are saved");
                     self.write_failing = false;
                 }
-                true
+                answer_callers(batch, true);
+                batch.clear();
+                return;
             }
-            Err(e) if !retry => {
-                log::error!("cannot write to the database: {e:#}; this batch is dropped");
-                false
-            }
-            Err(e) => {
-                // Logged once per failure spell, not once per retry.
-                if !self.write_failing {
-                    log::error!(
-                        "cannot write to the database: {e:#}; results are kept in memory and retried every second"
-                    );
-                    self.write_failing = true;
-                }
-                false
-            }
+            Err(e) => e,
         };
-        // Answer the callers; keep what must still be written.
-        batch.retain(|msg| match msg {
-            StoreMsg::Ack { done, .. } | StoreMsg::Flush(done) => {
-                let _ = done.send(committed);
-                false
+        if is_transient(&error) {
+            // Logged once per failure spell, not once per retry.
+            if !self.write_failing {
+                log::error!(
+                    "cannot write to the database: {error:#}; results are kept in memory and retried every second"
+                );
+                self.write_failing = true;
             }
-            StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => retry,
-        });
-        trim_retained(batch);
+            answer_callers(batch, false);
+            batch.retain(|msg| matches!(msg, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. }));
+            trim_retained(batch);
+            return;
+        }
+        // Retrying the whole batch would fail every time and hold up every
+        // later result behind it: find the culprit instead.
+        let mut lost = 0;
+        let mut kept = Vec::new();
+        for msg in batch.drain(..) {
+            let one = std::slice::from_ref(&msg);
+            match self.write(one) {
+                Ok(()) => answer_callers(one, lost == 0 && kept.is_empty()),
+                Err(e) if is_transient(&e) => {
+                    // The database began refusing everything meanwhile.
+                    self.write_failing = true;
+                    answer_callers(one, false);
+                    kept.push(msg);
+                }
+                Err(e) => {
+                    if lost == 0 {
+                        log::error!("cannot write to the database: {e:#}; this message is dropped");
+                    }
+                    lost += 1;
+                    answer_callers(one, false);
+                }
+            }
+        }
+        if lost > 1 {
+            log::error!("{lost} messages of one batch could not be written and are dropped");
+        }
+        kept.retain(|msg| matches!(msg, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. }));
+        *batch = kept;
+    }
+
+    /// Writes messages in one transaction. The outbox counters change only
+    /// when it commits.
+    fn write(&mut self, msgs: &[StoreMsg]) -> anyhow::Result<()> {
+        let auto_ack = self.options.auto_ack;
+        let mut outbox = self.outbox.clone();
+        let tx = self.conn.transaction()?;
+        let mut inserted = 0u64;
+        let mut acked = 0u64;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO results (peer_id, checked_at_ms, status, response_time_ms,
+                    latency_us, remote_version, remote_hostname, role, error, duration_ms, acked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for msg in msgs {
+                match msg {
+                    StoreMsg::Result(r) => {
+                        insert.execute(params![
+                            r.peer_id,
+                            r.checked_at_ms,
+                            r.status.as_str(),
+                            r.response_time,
+                            r.latency_us,
+                            r.remote_version,
+                            r.remote_hostname,
+                            r.role,
+                            r.error,
+                            r.duration_ms,
+                            auto_ack,
+                        ])?;
+                        inserted += 1;
+                    }
+                    StoreMsg::ReplacePeers {
+                        peers,
+                        etag,
+                        source,
+                    } => {
+                        replace_peers(&tx, peers)?;
+                        set_or_clear_state(&tx, KEY_PEERS_ETAG, etag.as_deref())?;
+                        set_or_clear_state(&tx, KEY_PEERS_SOURCE, source.as_deref())?;
+                    }
+                    StoreMsg::Ack { first, last, .. } => {
+                        acked += tx.execute(
+                            "UPDATE results SET acked = 1 WHERE seq BETWEEN ?1 AND ?2 AND acked = 0",
+                            params![first, last],
+                        )? as u64;
+                    }
+                    StoreMsg::Flush(_) => {}
+                }
+            }
+        }
+        if !auto_ack {
+            outbox.unacked = (outbox.unacked + inserted).saturating_sub(acked);
+            outbox.enforce(&tx)?;
+        }
+        tx.commit()?;
+        self.outbox = outbox;
+        Ok(())
+    }
+}
+
+/// Tells the callers waiting in `msgs` (`Ack`, `Flush`) whether their
+/// messages, and for a flush everything before it, are committed.
+fn answer_callers(msgs: &[StoreMsg], committed: bool) {
+    for msg in msgs {
+        if let StoreMsg::Ack { done, .. } | StoreMsg::Flush(done) = msg {
+            let _ = done.send(committed);
+        }
     }
 }
 
@@ -893,6 +922,27 @@ mod tests {
         let store = distributed_writer(conn, 1_000);
         let sender = store.sender();
         let now = clock::now_ms();
+        // A bad result among good ones in one batch (held together by a
+        // lock, then retried as one): only the bad one is lost.
+        let side = Connection::open(&path).unwrap();
+        side.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for peer in [1, 666, 1] {
+            let r = result(peer, Status::Online, now - 10);
+            sender.send(StoreMsg::Result(Box::new(r))).unwrap();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        sender.send(StoreMsg::Flush(tx)).unwrap();
+        assert!(!rx.recv().unwrap(), "locked");
+        side.execute_batch("ROLLBACK").unwrap();
+        let ro = open_ro(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&ro) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the good results of the batch were lost"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let poison = result(666, Status::Online, now);
         sender.send(StoreMsg::Result(Box::new(poison))).unwrap();
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -903,8 +953,7 @@ mod tests {
             sender.send(StoreMsg::Result(Box::new(r))).unwrap();
         }
         flush(&sender);
-        let ro = open_ro(&path).unwrap();
-        assert_eq!(count(&ro), 2, "later results are written");
+        assert_eq!(count(&ro), 4, "later results are written");
         drop(sender);
         store.shutdown();
     }
