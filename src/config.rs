@@ -196,6 +196,8 @@ pub enum Config {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub peers_file: Option<PathBuf>,
+    /// Where `peers_file` came from, to name it in errors.
+    pub peers_file_source: &'static str,
     pub cli_peers: Vec<Peer>,
     pub check_interval: Duration,
     pub check_timeout: Duration,
@@ -489,6 +491,11 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
         }
         cli_peers.push(peer);
     }
+    let peers_file_source = if cli.peers_file.is_some() {
+        "--peers-file"
+    } else {
+        "PEERS_FILE"
+    };
     let peers_file = cli
         .peers_file
         .or_else(|| env.get("PEERS_FILE").map(PathBuf::from));
@@ -606,6 +613,7 @@ fn daemon_config(cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
 
     Ok(DaemonConfig {
         peers_file,
+        peers_file_source,
         cli_peers,
         check_interval: secs(check_interval),
         check_timeout: secs(check_timeout),

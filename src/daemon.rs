@@ -158,12 +158,16 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
             crate::logging::add_secret(key.expose());
         }
     }
-    // Before any other thread exists, so every thread inherits the handlers.
-    let signals = spawn_signal_thread()?;
+    // A bad peers file is a usage error, found before any thread starts.
     let initial = match config.distributed {
-        None => Some(standalone_peers(&config).map_err(|e| UsageError(format!("{e:#}")))?),
+        None => Some(
+            standalone_peers(&config)
+                .map_err(|e| UsageError(format!("{}: {e:#}", config.peers_file_source)))?,
+        ),
         Some(_) => None,
     };
+    // Before any other thread exists, so every thread inherits the handlers.
+    let signals = spawn_signal_thread()?;
 
     checker::tune_easytier_for_checks();
     let conn = store::open_rw(&config.db_path)?;

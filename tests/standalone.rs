@@ -299,7 +299,7 @@ fn bad_input_exits_2_before_any_work() {
         (
             vec!["--peers-file".into(), malformed.to_str().unwrap().into()],
             vec![],
-            "not a JSON array",
+            "--peers-file: the peers file",
         ),
         (
             vec!["--peers-file".into(), not_array.to_str().unwrap().into()],
@@ -312,7 +312,7 @@ fn bad_input_exits_2_before_any_work() {
                 dir.join("missing.json").to_str().unwrap().into(),
             ],
             vec![],
-            "cannot read",
+            "--peers-file: cannot read",
         ),
         (
             vec![
@@ -323,6 +323,11 @@ fn bad_input_exits_2_before_any_work() {
             ],
             vec![],
             "--workers",
+        ),
+        (
+            vec![],
+            vec![("PEERS_FILE", "/nonexistent/peers.json")],
+            "PEERS_FILE: cannot read",
         ),
         (
             vec!["--peer".into(), "tcp://h:1".into()],
