@@ -397,7 +397,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     drop(main);
     if workers_joined && reporter_joined {
-        store.shutdown();
+        if !store.shutdown_by(stop_deadline) {
+            log::warn!("the store writer did not finish by the stop deadline");
+        }
     } else {
         // A thread left running still holds a store sender, so the writer
         // would wait for it. Everything sent before the flush is committed

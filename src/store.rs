@@ -82,6 +82,8 @@ pub struct WriterOptions {
 pub struct StoreHandle {
     // Field order matters: the sender must drop before the thread is joined.
     sender: Option<Sender<StoreMsg>>,
+    /// Disconnects when the writer thread ends (it holds the only sender).
+    exited: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -106,6 +108,21 @@ impl StoreHandle {
                 std::panic::resume_unwind(panic);
             }
         }
+    }
+
+    /// As `shutdown`, but waits until `deadline` at most: a database that
+    /// refuses writes can keep the writer in a busy timeout. False when the
+    /// writer was left to end with the process.
+    pub fn shutdown_by(mut self, deadline: Instant) -> bool {
+        self.sender.take();
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            self.exited.recv_deadline(deadline)
+        {
+            self.thread.take();
+            return false;
+        }
+        self.shutdown();
+        true
     }
 }
 
@@ -302,12 +319,17 @@ pub fn load_active_peers(conn: &Connection) -> anyhow::Result<Vec<Peer>> {
 pub fn spawn(conn: Connection, options: WriterOptions) -> anyhow::Result<StoreHandle> {
     let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
     let mut writer = Writer::new(conn, options)?;
+    let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(receiver))
+        .spawn(move || {
+            let _exit_guard = exit_guard;
+            writer.run(receiver)
+        })
         .context("cannot start the store writer thread")?;
     Ok(StoreHandle {
         sender: Some(sender),
+        exited,
         thread: Some(thread),
     })
 }
@@ -318,6 +340,9 @@ struct Writer {
     outbox: OutboxCap,
     /// The last write failed; the next success is worth a log line.
     write_failing: bool,
+    /// A result or peer list was given up since the last `Flush` was
+    /// answered: the next one must not say that everything is saved.
+    lost_since_flush: bool,
 }
 
 /// Keeps the count of unsent results under `--max-buffered-results`.
@@ -346,6 +371,7 @@ impl Writer {
             options,
             outbox,
             write_failing: false,
+            lost_since_flush: false,
         })
     }
 
@@ -379,7 +405,7 @@ impl Writer {
                 // Everything queues here instead and goes with the next
                 // once-a-second retry.
                 batch.extend(receiver.try_iter());
-                trim_retained(&mut batch);
+                self.trim_retained(&mut batch);
                 continue;
             }
             while batch.len() < MAX_BATCH {
@@ -404,10 +430,10 @@ impl Writer {
 
     /// Applies a batch in one transaction, then answers the waiting callers.
     /// When the database refuses the write for a while (full disk, a lock),
-    /// the results and peer list stay in `batch` for the next try, and the
-    /// callers hear that nothing committed. When the batch itself cannot be
-    /// written, its messages are written one by one so that only the bad
-    /// one is lost.
+    /// the results and peer list stay in `batch`, in order, for the next
+    /// try, and the callers hear that nothing committed. When the batch
+    /// itself cannot be written, its messages are written one by one so
+    /// that only the bad one is lost.
     fn apply(&mut self, batch: &mut Vec<StoreMsg>) {
         let error = match self.write(batch) {
             Ok(()) => {
@@ -415,53 +441,105 @@ impl Writer {
                     log::info!("the database accepts writes again; retained results are saved");
                     self.write_failing = false;
                 }
-                answer_callers(batch, true);
+                self.answer_callers(batch, true);
                 batch.clear();
                 return;
             }
             Err(e) => e,
         };
         if is_transient(&error) {
-            // Logged once per failure spell, not once per retry.
-            if !self.write_failing {
-                log::error!(
-                    "cannot write to the database: {error:#}; results are kept in memory and retried every second"
-                );
-                self.write_failing = true;
-            }
-            answer_callers(batch, false);
-            batch.retain(|msg| matches!(msg, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. }));
-            trim_retained(batch);
+            self.keep_for_retry(&error, batch);
             return;
         }
         // Retrying the whole batch would fail every time and hold up every
         // later result behind it: find the culprit instead.
         let mut lost = 0;
-        let mut kept = Vec::new();
-        for msg in batch.drain(..) {
+        let mut messages = std::mem::take(batch).into_iter();
+        while let Some(msg) = messages.next() {
             let one = std::slice::from_ref(&msg);
             match self.write(one) {
-                Ok(()) => answer_callers(one, lost == 0 && kept.is_empty()),
+                Ok(()) => self.answer_callers(one, true),
                 Err(e) if is_transient(&e) => {
-                    // The database began refusing everything meanwhile.
-                    self.write_failing = true;
-                    answer_callers(one, false);
-                    kept.push(msg);
+                    // The database began refusing everything meanwhile:
+                    // this message and the rest wait for the retry, in
+                    // their order, without a busy timeout each.
+                    batch.push(msg);
+                    batch.extend(messages.by_ref());
+                    self.keep_for_retry(&e, batch);
+                    break;
                 }
                 Err(e) => {
                     if lost == 0 {
                         log::error!("cannot write to the database: {e:#}; this message is dropped");
                     }
                     lost += 1;
-                    answer_callers(one, false);
+                    if is_data(&msg) {
+                        self.lost_since_flush = true;
+                    }
+                    self.answer_callers(one, false);
                 }
             }
         }
         if lost > 1 {
             log::error!("{lost} messages of one batch could not be written and are dropped");
         }
-        kept.retain(|msg| matches!(msg, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. }));
-        *batch = kept;
+    }
+
+    /// After a refusal that can pass: answers the waiting callers (nothing
+    /// committed) and keeps the data for the once-a-second retry.
+    fn keep_for_retry(&mut self, error: &anyhow::Error, batch: &mut Vec<StoreMsg>) {
+        // Logged once per failure spell, not once per retry.
+        if !self.write_failing {
+            log::error!(
+                "cannot write to the database: {error:#}; results are kept in memory and retried every second"
+            );
+            self.write_failing = true;
+        }
+        self.answer_callers(batch, false);
+        batch.retain(is_data);
+        self.trim_retained(batch);
+    }
+
+    /// Tells the callers waiting in `msgs` whether what they wait for is
+    /// committed: an `Ack` its own update; a `Flush` everything sent before
+    /// it, so it also answers false when a message was given up since the
+    /// last flush.
+    fn answer_callers(&mut self, msgs: &[StoreMsg], committed: bool) {
+        for msg in msgs {
+            match msg {
+                StoreMsg::Ack { done, .. } => {
+                    let _ = done.send(committed);
+                }
+                StoreMsg::Flush(done) => {
+                    let _ = done.send(committed && !self.lost_since_flush);
+                    self.lost_since_flush = false;
+                }
+                StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => {}
+            }
+        }
+    }
+
+    /// Keeps at most `MAX_RETAINED` unsaved results and peer lists, giving
+    /// up the oldest. Waiting callers (`Ack`, `Flush`) stay: they get their
+    /// answer with the next attempt.
+    fn trim_retained(&mut self, batch: &mut Vec<StoreMsg>) {
+        let held = batch.iter().filter(|m| is_data(m)).count();
+        if held <= MAX_RETAINED {
+            return;
+        }
+        let mut excess = held - MAX_RETAINED;
+        log::error!(
+            "the database still refuses writes: giving up the {excess} oldest unsaved messages"
+        );
+        self.lost_since_flush = true;
+        batch.retain(|m| {
+            if excess > 0 && is_data(m) {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Writes messages in one transaction. The outbox counters change only
@@ -525,37 +603,9 @@ impl Writer {
     }
 }
 
-/// Tells the callers waiting in `msgs` (`Ack`, `Flush`) whether their
-/// messages, and for a flush everything before it, are committed.
-fn answer_callers(msgs: &[StoreMsg], committed: bool) {
-    for msg in msgs {
-        if let StoreMsg::Ack { done, .. } | StoreMsg::Flush(done) = msg {
-            let _ = done.send(committed);
-        }
-    }
-}
-
-/// Keeps at most `MAX_RETAINED` unsaved results and peer lists, giving up
-/// the oldest. Waiting callers (`Ack`, `Flush`) stay: they get their answer
-/// with the next attempt.
-fn trim_retained(batch: &mut Vec<StoreMsg>) {
-    let data = |m: &StoreMsg| matches!(m, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. });
-    let held = batch.iter().filter(|m| data(m)).count();
-    if held <= MAX_RETAINED {
-        return;
-    }
-    let mut excess = held - MAX_RETAINED;
-    log::error!(
-        "the database still refuses writes: giving up the {excess} oldest unsaved messages"
-    );
-    batch.retain(|m| {
-        if excess > 0 && data(m) {
-            excess -= 1;
-            false
-        } else {
-            true
-        }
-    });
+/// Results and peer lists: what must be written, as opposed to callers waiting.
+fn is_data(msg: &StoreMsg) -> bool {
+    matches!(msg, StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. })
 }
 
 /// Refusals that can pass: a full disk, an I/O error, a lock held too long.
@@ -907,6 +957,146 @@ mod tests {
         }
         drop(sender);
         store.shutdown();
+    }
+
+    /// A writer driven by hand, without its thread: each `apply` is one attempt.
+    fn manual_writer(path: &Path) -> Writer {
+        let conn = open_rw(path).unwrap();
+        // Results for peer 666 violate a constraint, on every attempt.
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON results WHEN NEW.peer_id = 666
+               BEGIN SELECT RAISE(ABORT, 'never valid'); END;",
+        )
+        .unwrap();
+        // A refused lock fails fast instead of after 5 s.
+        conn.busy_timeout(Duration::from_millis(20)).unwrap();
+        let options = WriterOptions {
+            auto_ack: false,
+            retention: Duration::from_secs(86_400),
+            max_buffered: u64::MAX,
+        };
+        Writer::new(conn, options).unwrap()
+    }
+
+    /// A message that asks for an answer, and where the answer arrives.
+    fn ask(flush: bool) -> (StoreMsg, Receiver<bool>) {
+        let (done, answer) = crossbeam_channel::bounded(1);
+        let msg = if flush {
+            StoreMsg::Flush(done)
+        } else {
+            StoreMsg::Ack {
+                first: 0,
+                last: 0,
+                done,
+            }
+        };
+        (msg, answer)
+    }
+
+    fn results(peers: &[i64]) -> Vec<StoreMsg> {
+        let now = clock::now_ms();
+        peers
+            .iter()
+            .map(|&p| StoreMsg::Result(Box::new(result(p, Status::Online, now))))
+            .collect()
+    }
+
+    #[test]
+    fn callers_hear_exactly_what_was_saved() {
+        let path = temp_db("callers");
+        let mut writer = manual_writer(&path);
+        // A bad result in a batch: the others and the ack commit; the flush
+        // after them says that not everything before it was saved.
+        let (ack, ack_answer) = ask(false);
+        let (flush, flush_answer) = ask(true);
+        let mut batch = results(&[1, 666, 1]);
+        batch.extend([ack, flush]);
+        writer.apply(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(ack_answer.try_recv(), Ok(true), "the ack itself committed");
+        assert_eq!(flush_answer.try_recv(), Ok(false), "a result was lost");
+        assert_eq!(count(&writer.conn), 2);
+
+        // A loss in one batch is still news to a flush in the next.
+        writer.apply(&mut results(&[666]));
+        let (flush, flush_answer) = ask(true);
+        writer.apply(&mut vec![flush]);
+        assert_eq!(flush_answer.try_recv(), Ok(false));
+        let (flush, flush_answer) = ask(true);
+        writer.apply(&mut vec![flush]);
+        assert_eq!(flush_answer.try_recv(), Ok(true), "reported once");
+
+        // Results given up while the database refused writes, then a flush
+        // that commits what was kept: it must not say everything is saved.
+        let side = Connection::open(&path).unwrap();
+        side.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut batch = results(&vec![1; MAX_RETAINED + 10]);
+        writer.apply(&mut batch);
+        assert_eq!(batch.len(), MAX_RETAINED, "the oldest given up");
+        side.execute_batch("ROLLBACK").unwrap();
+        let (flush, flush_answer) = ask(true);
+        batch.push(flush);
+        writer.apply(&mut batch);
+        assert_eq!(flush_answer.try_recv(), Ok(false));
+        assert_eq!(count(&writer.conn), 2 + MAX_RETAINED as i64);
+    }
+
+    #[test]
+    fn a_refusal_during_the_one_by_one_pass_keeps_the_rest_in_order() {
+        let path = temp_db("one-by-one-refused");
+        let mut writer = manual_writer(&path);
+        // The batch fails on its bad result, so it is written one by one;
+        // the next result is too big for the space left (a full disk,
+        // which can pass). It and everything after it wait for the retry,
+        // in order, rather than the rest being tried (and committed) past it.
+        let pages: i64 = writer
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        writer
+            .conn
+            .pragma_update(None, "max_page_count", pages + 16)
+            .unwrap();
+        let mut batch = results(&[666, 2, 3]);
+        if let StoreMsg::Result(big) = &mut batch[1] {
+            big.error = Some("x".repeat(1 << 20));
+        }
+        let (flush, flush_answer) = ask(true);
+        batch.push(flush);
+        writer.apply(&mut batch);
+        assert_eq!(flush_answer.try_recv(), Ok(false));
+        let kept: Vec<i64> = batch
+            .iter()
+            .map(|m| match m {
+                StoreMsg::Result(r) => r.peer_id,
+                _ => panic!("only data is kept"),
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            vec![2, 3],
+            "the refused result and the rest, in order"
+        );
+        assert_eq!(
+            count(&writer.conn),
+            0,
+            "nothing written past the refused one"
+        );
+        // Room again: both are written, the older first.
+        writer
+            .conn
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        writer.apply(&mut batch);
+        let order: Vec<i64> = writer
+            .conn
+            .prepare("SELECT peer_id FROM results ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(order, vec![2, 3]);
     }
 
     #[test]
