@@ -251,10 +251,11 @@ type Result<T> = std::result::Result<T, UsageError>;
 
 /// Checks the backend's base URL and returns it without a trailing slash,
 /// ready for "/peers" to be appended. The problem is described without the
-/// value when the value could hold a password.
+/// value when the value could hold a password or token.
 fn backend_base_url(raw: &str) -> std::result::Result<String, String> {
     let raw = raw.trim();
-    let shown = if raw.contains('@') {
+    // A user:password part or a query (?token=...) may hold a secret.
+    let shown = if raw.contains(['@', '?', '#']) {
         "the URL".to_string()
     } else {
         format!("{raw:?}")
@@ -719,8 +720,9 @@ mod tests {
             ("ftp://x", "not an http"),
             ("http://", "not a valid"),
             ("http://x:99999/api", "not a valid"),
-            ("http://x/api?region=eu", "query"),
-            ("http://x/api#top", "query"),
+            ("http://x/api?api_key=hunter2", "query"),
+            ("http://x:99999/api?token=hunter2", "not a valid"),
+            ("http://x/api#hunter2", "query"),
             ("https://probe:hunter2@x/api", "user name or password"),
             ("x.example/api", "not a valid"),
         ] {
