@@ -117,6 +117,7 @@ fn store_and_drain() {
             retention: Duration::from_secs(86_400),
             max_buffered: u64::MAX,
         },
+        None,
     )
     .unwrap();
     let sender = handle.sender();
@@ -165,6 +166,7 @@ fn store_and_drain() {
             started,
         },
         sender.clone(),
+        None,
     )
     .unwrap();
     let ro = store::open_ro(&db).unwrap();
@@ -189,7 +191,7 @@ fn store_and_drain() {
         Instant::now() + Duration::from_secs(30),
     );
     drop(sender);
-    handle.shutdown();
+    handle.shutdown_by(Instant::now() + Duration::from_secs(600));
     println!();
     println!("store and outbox ({STORE_RESULTS} results)");
     println!(

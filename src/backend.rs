@@ -149,14 +149,7 @@ impl BackendClient {
                 round_etag = response.header("ETag").map(str::to_string);
             }
             let body = read_json(response)?;
-            if body.get("code").and_then(|c| c.as_i64()) != Some(200) {
-                return Err(BackendError::BadAnswer(format!(
-                    "`code` is {} instead of 200",
-                    body.get("code")
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "missing".into())
-                )));
-            }
+            require_code_200(&body)?;
             let data = body
                 .get("data")
                 .ok_or_else(|| BackendError::BadAnswer("`data` is missing".into()))?;
@@ -213,16 +206,7 @@ impl BackendClient {
             .send_bytes(&body)
             .map_err(|e| classify(e, "x-node-token"))?;
         require_success(&response)?;
-        let body = read_json(response)?;
-        match body.get("code").and_then(|c| c.as_i64()) {
-            Some(200) => Ok(()),
-            other => Err(BackendError::BadAnswer(format!(
-                "`code` is {} instead of 200",
-                other
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "missing".into())
-            ))),
-        }
+        require_code_200(&read_json(response)?)
     }
 }
 
@@ -243,6 +227,17 @@ fn require_success(response: &ureq::Response) -> Result<(), BackendError> {
     match response.status() {
         200..=299 => Ok(()),
         status => Err(BackendError::Status { status }),
+    }
+}
+
+/// The contract's success marker inside a 2xx answer.
+fn require_code_200(body: &serde_json::Value) -> Result<(), BackendError> {
+    match body.get("code") {
+        Some(code) if code.as_i64() == Some(200) => Ok(()),
+        other => Err(BackendError::BadAnswer(format!(
+            "`code` is {} instead of 200",
+            other.map_or_else(|| "missing".to_string(), |c| c.to_string())
+        ))),
     }
 }
 

@@ -42,7 +42,7 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
                 result.duration_ms,
                 result
                     .latency_us
-                    .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                    .map(checker::latency_text)
                     .unwrap_or_else(|| "not measured yet".into()),
                 result.remote_version.as_deref().unwrap_or("unknown"),
                 result.remote_hostname.as_deref().unwrap_or("unknown"),

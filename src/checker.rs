@@ -62,6 +62,11 @@ pub struct CheckResult {
     pub duration_ms: u64,
 }
 
+/// A latency as people read it: milliseconds with two decimals.
+pub fn latency_text(latency_us: u64) -> String {
+    format!("{:.2} ms", latency_us as f64 / 1000.0)
+}
+
 static INSTANCE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Checks one peer and blocks until there is a verdict: Online as soon as the

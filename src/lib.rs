@@ -1,6 +1,7 @@
 //! easytier-probe as a library: the modules behind the binary, shared with the tests and benchmarks.
 
 pub mod backend;
+pub mod backoff;
 pub mod check_cmd;
 pub mod checker;
 pub mod clock;
@@ -9,9 +10,10 @@ pub mod daemon;
 pub mod fetcher;
 pub mod logging;
 pub mod peer;
-pub mod probe;
+pub mod pool;
 pub mod reporter;
 pub mod schedule;
 pub mod sdnotify;
 pub mod status;
 pub mod store;
+pub mod thread;

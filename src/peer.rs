@@ -37,6 +37,13 @@ impl Protocol {
         }
     }
 
+    /// "tcp, udp, ws, wss, wg or quic", for messages.
+    pub fn names() -> String {
+        let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+        let (last, rest) = names.split_last().expect("at least one protocol");
+        format!("{} or {last}", rest.join(", "))
+    }
+
     pub fn parse(s: &str) -> Option<Protocol> {
         Protocol::ALL
             .into_iter()
@@ -134,7 +141,10 @@ impl Peer {
         };
         let protocol_text = raw.protocol.unwrap_or_default();
         let protocol = Protocol::parse(protocol_text.trim()).with_context(|| {
-            format!("peer {id}: unknown `protocol` {protocol_text:?} (expected tcp, udp, ws, wss, wg or quic)")
+            format!(
+                "peer {id}: unknown `protocol` {protocol_text:?} (expected {})",
+                Protocol::names()
+            )
         })?;
         let network_secret = raw.network_secret.filter(|s| !s.is_empty());
         let network_name = raw.network_name.unwrap_or_default().trim().to_string();
@@ -204,6 +214,7 @@ fn check_host(host: &str) -> anyhow::Result<()> {
 }
 
 /// A target parsed from `proto://host:port[?network_name=..&name=..&id=..]`.
+#[derive(Debug)]
 pub struct ParsedUri {
     pub protocol: Protocol,
     pub host: String,
@@ -213,52 +224,61 @@ pub struct ParsedUri {
     pub id: Option<i64>,
 }
 
-/// Parses the URI form used by `check` and `--peer`. Secrets are deliberately
-/// not accepted here: a URI shows up in `ps`.
+/// Parses the URI form used by `check` and `--peer`, with the `url` crate
+/// (so `?name=` values may be percent-encoded). Secrets are deliberately not
+/// accepted here: a URI shows up in `ps`.
 pub fn parse_uri(text: &str) -> anyhow::Result<ParsedUri> {
-    let (scheme, rest) = text
+    let (scheme, _) = text
         .split_once("://")
         .with_context(|| format!("{text:?} is not a URI like tcp://host:port"))?;
     let protocol = Protocol::parse(scheme).with_context(|| {
-        format!("unknown protocol {scheme:?} in {text:?} (expected tcp, udp, ws, wss, wg or quic)")
+        format!(
+            "unknown protocol {scheme:?} in {text:?} (expected {})",
+            Protocol::names()
+        )
     })?;
-    let (authority, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = authority.trim_end_matches('/');
-    let (host, port_text) = if let Some(stripped) = authority.strip_prefix('[') {
-        let (h, p) = stripped
-            .split_once("]:")
-            .with_context(|| format!("{text:?}: expected [ipv6]:port"))?;
-        (h, p)
-    } else {
-        authority
-            .rsplit_once(':')
-            .with_context(|| format!("{text:?}: the port is missing (host:port)"))?
+    let url = url::Url::parse(text)
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a URI like tcp://host:port ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("{text:?}: a peer URI has no user name or password");
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(name)) => name.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => String::new(),
     };
     if host.is_empty() {
         bail!("{text:?}: the host is empty");
     }
-    check_host(host).with_context(|| format!("in {text:?}"))?;
-    let port = port_text
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .with_context(|| format!("{text:?}: port {port_text:?} is not in 1..65535"))?;
+    check_host(&host).with_context(|| format!("in {text:?}"))?;
+    let port = url
+        .port()
+        .with_context(|| format!("{text:?}: the port is missing (host:port)"))?;
+    if port == 0 {
+        bail!("{text:?}: port 0 is not in 1..65535");
+    }
+    if !matches!(url.path(), "" | "/") {
+        bail!(
+            "{text:?}: a peer URI has no path (found {:?}); give proto://host:port",
+            url.path()
+        );
+    }
+    if url.fragment().is_some() {
+        bail!("{text:?}: a peer URI has no #fragment");
+    }
     let mut parsed = ParsedUri {
         protocol,
-        host: host.to_string(),
+        host,
         port,
         network_name: None,
         name: None,
         id: None,
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "network_name" => parsed.network_name = Some(value.to_string()),
-            "name" => parsed.name = Some(value.to_string()),
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "network_name" => parsed.network_name = Some(value.into_owned()),
+            "name" => parsed.name = Some(value.into_owned()),
             "id" => {
                 parsed.id = Some(
                     value
@@ -355,6 +375,18 @@ mod tests {
         );
         assert!(parse_uri("tcp://relay.example.org..:1").is_err());
         assert!(parse_uri("tcp://.:1").is_err());
+    }
+
+    #[test]
+    fn uri_parameters_are_percent_decoded_and_paths_named() {
+        let p = parse_uri("tcp://h:1?name=Tokyo%20relay%231&network_name=a%26b").unwrap();
+        assert_eq!(p.name.as_deref(), Some("Tokyo relay#1"));
+        assert_eq!(p.network_name.as_deref(), Some("a&b"));
+        assert_eq!(parse_uri("tcp://h:11010/").unwrap().port, 11010);
+        let e = format!("{:#}", parse_uri("tcp://h:11010/path").unwrap_err());
+        assert!(e.contains("no path") && e.contains("/path"), "{e}");
+        assert!(!e.contains("11010/path\" is not"), "{e}");
+        assert_eq!(Protocol::names(), "tcp, udp, ws, wss, wg or quic");
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! The reporter thread: `PUT /nodes/status` with the probe's summary and the outbox, acknowledged through the writer.
 
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::{after, select, Receiver, Sender};
 
 use crate::backend::{BackendClient, Metadata, StatusReport};
-use crate::fetcher::jitter;
+use crate::backoff::Backoff;
 use crate::store::{self, StoreMsg};
+use crate::thread::{ExitWatch, ThreadHandle};
 
 #[derive(Debug, Clone)]
 pub struct ReporterOptions {
@@ -28,9 +28,7 @@ enum Command {
 
 pub struct ReporterHandle {
     commands: Option<Sender<Command>>,
-    /// Disconnects when the thread ends (it holds the only sender).
-    exited: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
+    thread: ThreadHandle,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -49,17 +47,7 @@ impl ReporterHandle {
                 deadline: (Instant::now() + budget).min(deadline),
             });
         }
-        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-            self.exited.recv_deadline(deadline)
-        {
-            return false;
-        }
-        if let Some(thread) = self.thread.take() {
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        true
+        self.thread.join_by(deadline)
     }
 }
 
@@ -67,25 +55,20 @@ pub fn spawn(
     client: BackendClient,
     options: ReporterOptions,
     store: Sender<StoreMsg>,
+    watch: Option<&ExitWatch>,
 ) -> anyhow::Result<ReporterHandle> {
     let (commands, command_rx) = crossbeam_channel::unbounded();
-    let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
-    let thread = std::thread::Builder::new()
-        .name("reporter".into())
-        .spawn(move || {
-            let _exit_guard = exit_guard;
-            Reporter {
-                client,
-                options,
-                store,
-            }
-            .run(command_rx)
-        })
-        .context("cannot start the reporter thread")?;
+    let thread = ThreadHandle::spawn("reporter", watch, move || {
+        Reporter {
+            client,
+            options,
+            store,
+        }
+        .run(command_rx)
+    })?;
     Ok(ReporterHandle {
         commands: Some(commands),
-        exited,
-        thread: Some(thread),
+        thread,
     })
 }
 
@@ -102,7 +85,7 @@ struct Sent {
 
 impl Reporter {
     fn run(self, commands: Receiver<Command>) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, self.options.interval);
         // The first report goes out at once: it tells the backend this probe is up.
         let mut next = Instant::now();
         loop {
@@ -125,7 +108,7 @@ impl Reporter {
             }
             match self.report_once(None) {
                 Ok(sent) => {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     // A full batch means more backlog: send the next one right away.
                     next = if sent.results >= self.options.batch_size {
                         Instant::now()
@@ -140,7 +123,7 @@ impl Reporter {
                     let delay = if auth {
                         self.options.interval
                     } else {
-                        jitter(backoff.min(self.options.interval))
+                        backoff.next_delay()
                     };
                     if auth {
                         log::error!(
@@ -153,7 +136,6 @@ impl Reporter {
                             delay.as_secs_f64()
                         );
                     }
-                    backoff = (backoff * 2).min(self.options.interval);
                     next = Instant::now() + delay;
                 }
             }

@@ -37,7 +37,7 @@ pub fn run(config: StatusConfig) -> anyhow::Result<ExitCode> {
                 r.uri.clone(),
                 r.status.clone(),
                 r.latency_us
-                    .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                    .map(|us| crate::checker::latency_text(us.max(0) as u64))
                     .unwrap_or_else(|| "-".into()),
                 r.remote_version.clone().unwrap_or_else(|| "-".into()),
                 r.last_checked_at.clone().unwrap_or_else(|| "never".into()),

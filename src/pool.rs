@@ -1,16 +1,15 @@
-//! The probe worker pool: N named threads, each taking check jobs from a bounded channel.
+//! The worker pool: N named threads, each taking check jobs from a bounded channel and running one check at a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use anyhow::Context;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 
 use crate::checker::{self, CheckOptions, Status};
 use crate::peer::Peer;
 use crate::store::StoreMsg;
+use crate::thread::{ExitWatch, ThreadHandle};
 
 /// Sent to the main loop when a check ends, so the peer can be scheduled again.
 #[derive(Debug, Clone)]
@@ -33,10 +32,7 @@ pub struct ProbePool {
     // Drop order: the job sender goes first so that workers see the end of the queue.
     jobs: Option<Sender<Job>>,
     stopping: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-    /// Disconnects once every worker thread has ended: each holds a sender
-    /// until it returns (or unwinds), so no explicit message is needed.
-    all_exited: Receiver<()>,
+    workers: Vec<ThreadHandle>,
 }
 
 impl ProbePool {
@@ -48,49 +44,40 @@ impl ProbePool {
         options: CheckOptions,
         results: Sender<StoreMsg>,
         finished: Sender<Finished>,
+        watch: Option<&ExitWatch>,
     ) -> anyhow::Result<ProbePool> {
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(count);
         let stopping = Arc::new(AtomicBool::new(false));
-        let (exit_guard, all_exited) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(count);
         for n in 0..count {
-            let exit_guard = exit_guard.clone();
             let queue = queue.clone();
             let results = results.clone();
             let finished = finished.clone();
             let options = options.clone();
             let stopping = stopping.clone();
-            let worker = std::thread::Builder::new()
-                .name(format!("probe-{n}"))
-                .spawn(move || {
-                    let _exit_guard = exit_guard;
-                    for job in queue {
-                        let peer_id = job.peer.id;
-                        let outcome = run_job(job, &options, &stopping, &results);
-                        // Always answered, even after a panic: otherwise the
-                        // peer would count as running and never be checked again.
-                        let _ = finished.send(match outcome {
-                            Some((status, error)) => Finished {
-                                peer_id,
-                                status: Some(status),
-                                error,
-                            },
-                            None => Finished {
-                                peer_id,
-                                status: None,
-                                error: None,
-                            },
-                        });
-                    }
-                })
-                .context("cannot start a probe worker thread")?;
+            let worker = ThreadHandle::spawn(&format!("probe-{n}"), watch, move || {
+                for job in queue {
+                    let peer_id = job.peer.id;
+                    let outcome = run_job(job, &options, &stopping, &results);
+                    // Always answered, even after a panic: otherwise the
+                    // peer would count as running and never be checked again.
+                    let (status, error) = match outcome {
+                        Some((status, error)) => (Some(status), error),
+                        None => (None, None),
+                    };
+                    let _ = finished.send(Finished {
+                        peer_id,
+                        status,
+                        error,
+                    });
+                }
+            })?;
             workers.push(worker);
         }
         Ok(ProbePool {
             jobs: Some(jobs),
             stopping,
             workers,
-            all_exited,
         })
     }
 
@@ -108,19 +95,11 @@ impl ProbePool {
     pub fn shutdown(mut self, deadline: Instant) -> bool {
         self.stopping.store(true, Ordering::Relaxed);
         self.jobs.take();
-        loop {
-            match self.all_exited.recv_deadline(deadline) {
-                Ok(()) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => return false,
-            }
-        }
+        let mut all_joined = true;
         for worker in self.workers.drain(..) {
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
+            all_joined &= worker.join_by(deadline);
         }
-        true
+        all_joined
     }
 }
 
@@ -183,7 +162,7 @@ mod tests {
             probe_network_name: "test".into(),
             hostname: "test".into(),
         };
-        let pool = ProbePool::spawn(1, options, results_tx, finished_tx).unwrap();
+        let pool = ProbePool::spawn(1, options, results_tx, finished_tx, None).unwrap();
         // Loopback: should cancellation break, the check stays on the machine.
         let peer = crate::peer::peer_from_uri("tcp://127.0.0.1:1").unwrap();
         let job = Job {

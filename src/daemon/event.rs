@@ -1,0 +1,262 @@
+//! The main loop: one `enum Event`, `next_event` (the only `select!`), and `MainLoop::handle`, one arm per event.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, Receiver, Sender};
+
+use super::peers;
+use super::signals::Signal;
+use super::Threads;
+use crate::checker::Status;
+use crate::config::DaemonConfig;
+use crate::fetcher::PeerUpdate;
+use crate::peer::Peer;
+use crate::pool::{Finished, Job};
+use crate::schedule::Schedule;
+use crate::sdnotify::Notifier;
+use crate::store::StoreMsg;
+use crate::thread::ThreadExit;
+
+/// Longest the main loop sleeps, so that it never depends on one wake-up source.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    Signal(Signal),
+    /// A check ended (or was not run); its peer can be scheduled again.
+    Finished(Finished),
+    /// A complete peer list from the fetcher.
+    Peers(PeerUpdate),
+    /// The fetcher's channel closed: its thread is ending.
+    FetcherGone,
+    /// A long-lived thread ended while the daemon runs.
+    ThreadExited(ThreadExit),
+    WatchdogTick,
+    SummaryTick,
+    /// A check may be due, or the idle wake-up.
+    Wake,
+}
+
+/// Why the main loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// A stop signal.
+    Stop,
+    /// Enough checks for a re-execution.
+    Recycle,
+    /// A thread ended unexpectedly: stop in order, then exit non-zero.
+    Failed(String),
+}
+
+/// The channels the main loop waits on. A source that is off is `never()`.
+pub struct Sources {
+    pub signals: Receiver<Signal>,
+    pub finished: Receiver<Finished>,
+    pub updates: Receiver<PeerUpdate>,
+    pub exits: Receiver<ThreadExit>,
+    pub watchdog: Receiver<Instant>,
+    pub summary: Receiver<Instant>,
+}
+
+/// Waits for the next event, for `wait` at most.
+pub fn next_event(sources: &Sources, wait: Duration) -> Event {
+    select! {
+        recv(sources.signals) -> s => match s {
+            Ok(signal) => Event::Signal(signal),
+            // The signal thread never ends; if it did, stopping is safest.
+            Err(_) => Event::Signal(Signal::Stop(0)),
+        },
+        recv(sources.exits) -> e => match e {
+            Ok(exit) => Event::ThreadExited(exit),
+            Err(_) => Event::Wake,
+        },
+        recv(sources.finished) -> f => match f {
+            Ok(f) => Event::Finished(f),
+            Err(_) => Event::Wake,
+        },
+        recv(sources.updates) -> u => match u {
+            Ok(u) => Event::Peers(u),
+            Err(_) => Event::FetcherGone,
+        },
+        recv(sources.watchdog) -> _ => Event::WatchdogTick,
+        recv(sources.summary) -> _ => Event::SummaryTick,
+        recv(after(wait)) -> _ => Event::Wake,
+    }
+}
+
+#[derive(Default)]
+struct CycleStats {
+    online: u64,
+    offline: u64,
+}
+
+/// The scheduling state the main loop owns.
+pub struct MainLoop {
+    pub schedule: Schedule,
+    pub store: Sender<StoreMsg>,
+    pub allow_quic: bool,
+    /// Peers not checked (unsupported transport), to warn once per change.
+    pub skipped: HashSet<i64>,
+    pub last_status: HashMap<i64, Status>,
+    /// Stored with each list (see `store::KEY_PEERS_SOURCE`).
+    pub peers_source: Option<String>,
+    /// Jobs handed to the pool and not finished: the peer as dispatched and
+    /// its cancel flag, set when the peer is removed or changed meanwhile.
+    pub jobs: HashMap<i64, (Peer, Arc<AtomicBool>)>,
+    cycle: CycleStats,
+    /// Checks finished by this process, for the recycle.
+    checks_done: u64,
+}
+
+impl MainLoop {
+    pub fn new(config: &DaemonConfig, store: Sender<StoreMsg>) -> MainLoop {
+        MainLoop {
+            schedule: Schedule::new(config.check_interval),
+            store,
+            allow_quic: config.allow_quic,
+            skipped: HashSet::new(),
+            last_status: HashMap::new(),
+            peers_source: peers::source_key(config),
+            jobs: HashMap::new(),
+            cycle: CycleStats::default(),
+            checks_done: 0,
+        }
+    }
+
+    /// Runs until a stop, a recycle or a failure.
+    pub fn run(
+        &mut self,
+        config: &DaemonConfig,
+        threads: &Threads,
+        sources: &mut Sources,
+        notifier: &Notifier,
+    ) -> Exit {
+        loop {
+            if self.checks_done >= config.recycle_after_checks {
+                log::info!(
+                    "{} checks done: re-executing to return the memory EasyTier keeps per check",
+                    self.checks_done
+                );
+                return Exit::Recycle;
+            }
+            let wait = self.dispatch(threads, Instant::now());
+            let event = next_event(sources, wait);
+            if let Some(exit) = self.handle(event, config, threads, sources, notifier) {
+                return exit;
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        event: Event,
+        config: &DaemonConfig,
+        threads: &Threads,
+        sources: &mut Sources,
+        notifier: &Notifier,
+    ) -> Option<Exit> {
+        match event {
+            Event::Signal(Signal::Stop(n)) => {
+                log::info!(
+                    "signal {n}: stopping; {} checks still running",
+                    self.schedule.in_flight()
+                );
+                return Some(Exit::Stop);
+            }
+            Event::Signal(Signal::Reload) => self.reload(config, threads),
+            Event::Finished(f) => self.finished(f),
+            Event::Peers(u) => self.apply_peers(u.peers, u.etag, true),
+            // The thread's own exit event follows and decides.
+            Event::FetcherGone => sources.updates = never(),
+            Event::ThreadExited(exit) => {
+                let how = if exit.panicked { "panicked" } else { "ended" };
+                log::error!(
+                    "the {} thread {how} unexpectedly; stopping so that the service manager can restart the probe",
+                    exit.name
+                );
+                return Some(Exit::Failed(format!("the {} thread {how}", exit.name)));
+            }
+            Event::WatchdogTick => notifier.watchdog(),
+            Event::SummaryTick => self.log_cycle(),
+            Event::Wake => {}
+        }
+        None
+    }
+
+    /// SIGHUP: re-read the peers (standalone) or fetch the list now (distributed).
+    fn reload(&mut self, config: &DaemonConfig, threads: &Threads) {
+        match &threads.fetcher {
+            None => match peers::standalone_peers(config) {
+                Ok(peers) => self.apply_peers(peers, None, true),
+                Err(e) => log::warn!("SIGHUP: {e:#}; keeping the current peers"),
+            },
+            Some(fetcher) => {
+                log::info!("SIGHUP: fetching the peer list now");
+                fetcher.fetch_now();
+            }
+        }
+    }
+
+    /// Hands due checks to idle workers and says how long the loop may
+    /// sleep. With every worker busy, due peers wait for a `Finished`
+    /// event, which wakes the loop; sleeping until `next_due` (already
+    /// past) would spin.
+    fn dispatch(&mut self, threads: &Threads, now: Instant) -> Duration {
+        for peer in self.schedule.due(now) {
+            let id = peer.id;
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let job = Job {
+                peer: peer.clone(),
+                cancelled: cancelled.clone(),
+            };
+            if !threads.pool.try_submit(job) {
+                return MAX_IDLE;
+            }
+            self.schedule.dispatched(id, now);
+            self.jobs.insert(id, (peer, cancelled));
+        }
+        self.schedule
+            .next_due()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(MAX_IDLE)
+            .min(MAX_IDLE)
+    }
+
+    pub fn finished(&mut self, f: Finished) {
+        self.schedule.finished(f.peer_id);
+        self.jobs.remove(&f.peer_id);
+        let Some(status) = f.status else { return };
+        self.checks_done += 1;
+        match status {
+            Status::Online => self.cycle.online += 1,
+            Status::Offline => self.cycle.offline += 1,
+        }
+        let previous = self.last_status.insert(f.peer_id, status);
+        if previous.is_some_and(|p| p != status) {
+            match status {
+                Status::Online => log::info!("peer {} is Online again", f.peer_id),
+                Status::Offline => log::info!(
+                    "peer {} went Offline: {}",
+                    f.peer_id,
+                    f.error.as_deref().unwrap_or("unknown error")
+                ),
+            }
+        }
+    }
+
+    fn log_cycle(&mut self) {
+        let c = std::mem::take(&mut self.cycle);
+        log::info!(
+            "since the last summary: {} checks, {} Online, {} Offline; {} peers watched, {} running now",
+            c.online + c.offline,
+            c.online,
+            c.offline,
+            self.schedule.len(),
+            self.schedule.in_flight()
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The daemon: start the threads, run the main loop, shut down in order, and re-execute when it is time.
+//!
+//! ```text
+//! signals ─► main loop ◄─ fetcher (distributed)      workers ─► store writer ◄─ reporter
+//!               └─ due peers ─► bounded job queue ─► workers ─► finished ─► main loop
+//! every thread's end ─► main loop (an unexpected one stops the daemon, exit status 1)
+//! ```
+
+mod event;
+mod peers;
+mod recycle;
+mod shutdown;
+mod signals;
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, tick, Receiver, Sender};
+
+use crate::backend::BackendClient;
+use crate::checker::{self, CheckOptions};
+use crate::config::{DaemonConfig, DistributedConfig, UsageError};
+use crate::fetcher::{self, FetcherHandle, PeerUpdate};
+use crate::pool::{Finished, ProbePool};
+use crate::reporter::{self, ReporterHandle, ReporterOptions};
+use crate::sdnotify::Notifier;
+use crate::store::{self, StoreHandle, WriterOptions};
+use crate::thread::ExitWatch;
+use event::{Exit, MainLoop, Sources};
+
+pub use peers::read_peers_file;
+
+/// The long-lived threads the main loop drives and the shutdown stops.
+pub struct Threads {
+    pool: ProbePool,
+    store: StoreHandle,
+    fetcher: Option<FetcherHandle>,
+    reporter: Option<ReporterHandle>,
+}
+
+pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if let Some(d) = &config.distributed {
+        crate::logging::add_secret(d.node_token.expose());
+        if let Some(key) = &d.api_key {
+            crate::logging::add_secret(key.expose());
+        }
+    }
+    // A bad peers file is a usage error, found before any thread starts.
+    let standalone = match config.distributed {
+        None => Some(
+            peers::standalone_peers(&config)
+                .map_err(|e| UsageError(format!("{}: {e:#}", config.peers_file_source)))?,
+        ),
+        Some(_) => None,
+    };
+    // Before any other thread exists, so every thread inherits the handlers.
+    let signals = signals::spawn()?;
+    checker::tune_easytier_for_checks();
+
+    let (exit_watch, exits) = crossbeam_channel::unbounded();
+    let (mut main, threads, finished, updates) = start(&config, standalone, &exit_watch, started)?;
+    let notifier = Notifier::new_from_env();
+    announce_start(&config, &main, &notifier);
+    let mut sources = Sources {
+        signals: signals.clone(),
+        finished: finished.clone(),
+        updates,
+        exits,
+        watchdog: notifier.watchdog_interval().map(tick).unwrap_or_else(never),
+        summary: tick(config.check_interval.max(Duration::from_secs(10))),
+    };
+    let exit = main.run(&config, &threads, &mut sources, &notifier);
+    drop(exit_watch);
+    shutdown::shutdown(
+        main,
+        threads,
+        &finished,
+        &exit,
+        &notifier,
+        config.stop_budget,
+    );
+    match exit {
+        Exit::Failed(what) => anyhow::bail!("{what} unexpectedly; stopped"),
+        Exit::Recycle => recycle::re_execute_unless_stopped(&signals, &notifier)?,
+        Exit::Stop => {}
+    }
+    log::info!("stopped after {}s", started.elapsed().as_secs());
+    Ok(())
+}
+
+/// Opens the store and starts every thread; the main loop gets the first
+/// peer set (the standalone one, or the cached backend list). Returns the
+/// loop, the threads, and the channels of finished checks and peer lists.
+fn start(
+    config: &DaemonConfig,
+    standalone: Option<Vec<crate::peer::Peer>>,
+    exit_watch: &ExitWatch,
+    started: Instant,
+) -> anyhow::Result<(MainLoop, Threads, Receiver<Finished>, Receiver<PeerUpdate>)> {
+    let conn = store::open_rw(&config.db_path)?;
+    let probe_id = store::probe_id(&conn)?;
+    let (initial, etag) = match standalone {
+        Some(peers) => (peers, None),
+        None => peers::cached_peers(&conn, peers::source_key(config).as_deref())?,
+    };
+    let store = store::spawn(conn, writer_options(config), Some(exit_watch))?;
+    let (finished_tx, finished) = crossbeam_channel::unbounded();
+    let pool = ProbePool::spawn(
+        config.workers,
+        check_options(config, &probe_id),
+        store.sender(),
+        finished_tx,
+        Some(exit_watch),
+    )?;
+    let mut main = MainLoop::new(config, store.sender());
+    // A cached list is stored again, with its ETag: while the backend
+    // answers 304 no new list comes, and the stored skip reasons must follow
+    // this run's settings (--allow-quic), or `status` would show them wrong.
+    let persist = config.distributed.is_none() || !initial.is_empty();
+    main.apply_peers(initial, etag.clone(), persist);
+    let (updates_tx, updates) = crossbeam_channel::unbounded();
+    let (fetcher, reporter, updates) = match &config.distributed {
+        None => (None, None, never()),
+        Some(d) => {
+            let (fetcher, reporter) = spawn_distributed(
+                d, config, &probe_id, etag, &store, updates_tx, exit_watch, started,
+            )?;
+            (Some(fetcher), Some(reporter), updates)
+        }
+    };
+    let threads = Threads {
+        pool,
+        store,
+        fetcher,
+        reporter,
+    };
+    Ok((main, threads, finished, updates))
+}
+
+/// The fetcher and the reporter, each with its own client (their request
+/// timeouts follow their own intervals).
+#[allow(clippy::too_many_arguments)]
+fn spawn_distributed(
+    d: &DistributedConfig,
+    config: &DaemonConfig,
+    probe_id: &str,
+    etag: Option<String>,
+    store: &StoreHandle,
+    updates: Sender<PeerUpdate>,
+    exit_watch: &ExitWatch,
+    started: Instant,
+) -> anyhow::Result<(FetcherHandle, ReporterHandle)> {
+    let client = |interval| {
+        BackendClient::new(
+            &d.backend_base_url,
+            d.node_token.clone(),
+            d.api_key.clone(),
+            d.region.clone(),
+            crate::backend::request_timeout(interval),
+        )
+    };
+    let fetcher = fetcher::spawn(
+        client(d.peer_fetch_interval),
+        d.peer_fetch_interval,
+        etag,
+        updates,
+        Some(exit_watch),
+    )?;
+    let options = ReporterOptions {
+        db_path: config.db_path.clone(),
+        interval: d.status_report_interval,
+        batch_size: d.report_batch_size,
+        region: d.region.clone(),
+        probe_id: probe_id.to_string(),
+        started,
+    };
+    let reporter = reporter::spawn(
+        client(d.status_report_interval),
+        options,
+        store.sender(),
+        Some(exit_watch),
+    )?;
+    Ok((fetcher, reporter))
+}
+
+fn writer_options(config: &DaemonConfig) -> WriterOptions {
+    WriterOptions {
+        auto_ack: config.distributed.is_none(),
+        retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        max_buffered: config
+            .distributed
+            .as_ref()
+            .map_or(u64::MAX, |d| d.max_buffered_results),
+    }
+}
+
+/// The probe's identity on the EasyTier network, derived from its stable id.
+fn check_options(config: &DaemonConfig, probe_id: &str) -> CheckOptions {
+    let short_id = &probe_id[..probe_id.len().min(8)];
+    CheckOptions {
+        timeout: config.check_timeout,
+        probe_network_name: config
+            .network_name
+            .clone()
+            .unwrap_or_else(|| format!("easytier-probe-{short_id}")),
+        hostname: format!("easytier-probe-{short_id}"),
+    }
+}
+
+fn announce_start(config: &DaemonConfig, main: &MainLoop, notifier: &Notifier) {
+    let mode = if config.distributed.is_some() {
+        "distributed"
+    } else {
+        "standalone"
+    };
+    log::info!(
+        "easytier-probe {} started in {mode} mode: {} peers, every {}s, {} workers, timeout {}s, database {}",
+        env!("CARGO_PKG_VERSION"),
+        main.schedule.len(),
+        config.check_interval.as_secs(),
+        config.workers,
+        config.check_timeout.as_secs(),
+        config.db_path.display()
+    );
+    notifier.ready(&format!("watching {} peers", main.schedule.len()));
+    // At once rather than half a watchdog period from now: after a recycle
+    // the last ping came from the previous image, before its shutdown.
+    notifier.watchdog();
+}
