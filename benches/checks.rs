@@ -131,6 +131,8 @@ fn store_and_drain() {
         remote_hostname: Some("node-1".into()),
         role: "member",
         error: None,
+        error_kind: None,
+        attempts: 1,
         checked_at: easytier_probe::clock::rfc3339(easytier_probe::clock::now_ms()),
         checked_at_ms: easytier_probe::clock::now_ms(),
         duration_ms: 1040,

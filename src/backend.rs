@@ -279,4 +279,7 @@ pub struct Metadata {
     pub uptime_seconds: u64,
     pub buffered_results: i64,
     pub dropped_results: i64,
+    /// Extension: peers of the current list this probe cannot check, so a
+    /// backend can tell "not checked" from "not reported".
+    pub unsupported_peers: Vec<crate::store::UnsupportedPeer>,
 }

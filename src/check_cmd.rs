@@ -1,12 +1,13 @@
-//! The `check` subcommand: one check, printed as a line or as JSON.
+//! The `check` subcommand: one check, printed as a line or as JSON; exit 0 Online, 1 Offline, 2 unsupported or usage error.
 
 use std::process::ExitCode;
 
-use crate::checker::{self, CheckOptions, Status};
+use crate::checker::{self, CheckOptions, ErrorKind, Status};
+use crate::clock;
 use crate::config::CheckConfig;
 
-/// Guest network name for `check` without `--network-name`: stable per machine,
-/// like the daemon's, so a relay sees one guest network per probe host.
+/// Guest network name for `check`: stable per machine, like the daemon's,
+/// so a relay sees one guest network per probe host.
 fn default_guest_network() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -20,13 +21,19 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
     if let Some(secret) = &config.peer.network_secret {
         crate::logging::add_secret(secret);
     }
+    if let Some(reason) = config.peer.unsupported_reason(config.allow_quic) {
+        return Ok(unsupported(&config, reason));
+    }
+    if config.peer.network_secret.is_none() && !config.peer.network_name.is_empty() {
+        log::info!(
+            "no network secret: checking {} as a public relay; the network name {:?} is only a label",
+            config.peer.uri(),
+            config.peer.network_name
+        );
+    }
     let opts = CheckOptions {
         timeout: config.timeout,
-        probe_network_name: config
-            .network_name
-            .clone()
-            .filter(|_| config.peer.network_secret.is_none())
-            .unwrap_or_else(default_guest_network),
+        probe_network_name: default_guest_network(),
         hostname: "easytier-probe".to_string(),
     };
     checker::tune_easytier_for_checks();
@@ -48,9 +55,10 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
                 result.remote_hostname.as_deref().unwrap_or("unknown"),
             ),
             Status::Offline => println!(
-                "{} Offline after {} ms: {}",
+                "{} Offline after {} ms ({}): {}",
                 result.uri,
                 result.duration_ms,
+                result.error_kind.map_or("unknown", ErrorKind::as_str),
                 result.error.as_deref().unwrap_or("unknown error")
             ),
         }
@@ -59,4 +67,31 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
         Status::Online => ExitCode::SUCCESS,
         Status::Offline => ExitCode::from(1),
     })
+}
+
+/// A peer the probe cannot check: said on stderr (and as JSON with
+/// `--json`), exit status 2, no instance started.
+fn unsupported(config: &CheckConfig, reason: &str) -> ExitCode {
+    let peer = &config.peer;
+    if config.json {
+        let now = clock::now_ms();
+        let result = serde_json::json!({
+            "peer_id": peer.id,
+            "uri": peer.uri(),
+            "status": "unsupported",
+            "latency_us": null,
+            "response_time": null,
+            "remote_version": null,
+            "remote_hostname": null,
+            "role": peer.role().as_str(),
+            "error": reason,
+            "error_kind": ErrorKind::Unsupported.as_str(),
+            "attempts": 0,
+            "checked_at": clock::rfc3339(now),
+            "duration_ms": 0,
+        });
+        println!("{result}");
+    }
+    eprintln!("easytier-probe: {} is not checked: {reason}", peer.uri());
+    ExitCode::from(2)
 }

@@ -114,6 +114,16 @@ impl Peer {
         }
     }
 
+    /// Why the probe cannot check this peer, in plain words; None when it can.
+    /// Such a peer is shown as `unsupported`, never as Offline.
+    pub fn unsupported_reason(&self, allow_quic: bool) -> Option<&'static str> {
+        match self.protocol {
+            Protocol::Quic if !allow_quic => Some(QUIC_UNSUPPORTED),
+            Protocol::Wg if self.network_secret.is_none() => Some(WG_RELAY_UNSUPPORTED),
+            _ => None,
+        }
+    }
+
     /// Validates one entry of a peer list. The error names the field in plain words
     /// and never repeats the secret.
     pub fn from_raw(raw: RawPeer) -> anyhow::Result<Peer> {
@@ -167,6 +177,11 @@ impl Peer {
         })
     }
 }
+
+/// Why quic peers are not checked by default.
+pub const QUIC_UNSUPPORTED: &str = "quic is not checked: EasyTier 2.6 replaced the QUIC TLS layer with its own packet protection, so this probe's EasyTier 2.0 cannot talk to a current node and every check would be a false Offline (--allow-quic checks nodes that run 2.0.x)";
+/// Why a wg peer without a network secret cannot be checked.
+pub const WG_RELAY_UNSUPPORTED: &str = "a wg relay check is impossible: a WireGuard listener derives its keys from the node's own network name and secret, so a guest without them can never finish the handshake (give the network secret to check it as a member)";
 
 /// How the probe joined the peer, and what it expects the peer to answer as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +430,25 @@ mod tests {
         assert_eq!(problems.len(), 5);
         assert_eq!(peers[1].protocol, Protocol::Udp);
         assert_eq!(peers[1].role(), Role::PublicServer);
+    }
+
+    #[test]
+    fn wg_relays_and_quic_are_unsupported_not_offline() {
+        let wg = peer_from_uri("wg://h:1").unwrap();
+        assert_eq!(wg.unsupported_reason(true), Some(WG_RELAY_UNSUPPORTED));
+        let mut member = wg.clone();
+        member.network_name = "n".into();
+        member.network_secret = Some("s".into());
+        assert_eq!(member.unsupported_reason(false), None);
+        let quic = peer_from_uri("quic://h:1").unwrap();
+        assert_eq!(quic.unsupported_reason(false), Some(QUIC_UNSUPPORTED));
+        assert_eq!(quic.unsupported_reason(true), None);
+        assert_eq!(
+            peer_from_uri("tcp://h:1")
+                .unwrap()
+                .unsupported_reason(false),
+            None
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::checker::{self, CheckOptions, Status};
 use crate::peer::Peer;
@@ -26,12 +26,21 @@ pub struct Finished {
 pub struct Job {
     pub peer: Peer,
     pub cancelled: Arc<AtomicBool>,
+    /// How many more checks confirm a failure before Offline is recorded
+    /// (`--confirm-offline`; 0 for a peer already Offline).
+    pub confirm: u32,
 }
+
+/// The pause before a failed check is checked again: long enough for a lost
+/// packet or a momentary drop to pass, short next to the check interval.
+pub const CONFIRM_PAUSE: Duration = Duration::from_secs(2);
 
 pub struct ProbePool {
     // Drop order: the job sender goes first so that workers see the end of the queue.
     jobs: Option<Sender<Job>>,
-    stopping: Arc<AtomicBool>,
+    /// Never sent on: dropping it tells every worker to stop (it also ends a
+    /// confirmation pause at once).
+    stop: Option<Sender<()>>,
     workers: Vec<ThreadHandle>,
 }
 
@@ -47,7 +56,7 @@ impl ProbePool {
         watch: Option<&ExitWatch>,
     ) -> anyhow::Result<ProbePool> {
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(count);
-        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop, stopping) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(count);
         for n in 0..count {
             let queue = queue.clone();
@@ -76,7 +85,7 @@ impl ProbePool {
         }
         Ok(ProbePool {
             jobs: Some(jobs),
-            stopping,
+            stop: Some(stop),
             workers,
         })
     }
@@ -93,7 +102,7 @@ impl ProbePool {
     /// still running then: their threads are left to end with the process
     /// (and still hold store senders). A worker panic is re-raised.
     pub fn shutdown(mut self, deadline: Instant) -> bool {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.take();
         self.jobs.take();
         let mut all_joined = true;
         for worker in self.workers.drain(..) {
@@ -103,37 +112,42 @@ impl ProbePool {
     }
 }
 
-/// Runs one check and stores its result. `None` when no check ran: stopping,
-/// cancelled, or the check panicked (logged; the peer is checked again next time).
+/// Runs one check, confirms a failure if asked, and stores the result.
+/// `None` when no verdict was recorded: stopping, cancelled, or the check
+/// panicked (logged; the peer is checked again next time).
 fn run_job(
     job: Job,
     options: &CheckOptions,
-    stopping: &AtomicBool,
+    stopping: &Receiver<()>,
     results: &Sender<StoreMsg>,
 ) -> Option<(Status, Option<String>)> {
+    let abandoned = || stopped(stopping) || job.cancelled.load(Ordering::Relaxed);
     // After a stop request, queued checks are not started.
-    if stopping.load(Ordering::Relaxed) || job.cancelled.load(Ordering::Relaxed) {
+    if abandoned() {
         return None;
     }
     let peer = &job.peer;
-    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        checker::check(peer, options)
-    })) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            log::error!(
-                "the check of peer {} ({}) failed inside the probe: {what}; no result recorded, it is checked again next time",
-                peer.id,
-                peer.uri()
-            );
+    let mut result = check_caught(peer, options)?;
+    let mut attempts = 1;
+    while result.status == Status::Offline && attempts <= job.confirm {
+        // An unconfirmed failure is no verdict: a stop during the pause
+        // records nothing, and the peer is checked again after the restart.
+        if let Err(RecvTimeoutError::Disconnected) = stopping.recv_timeout(CONFIRM_PAUSE) {
             return None;
         }
-    };
+        if abandoned() {
+            return None;
+        }
+        log::debug!(
+            "peer {} ({}): {}; checking again to confirm",
+            peer.id,
+            result.uri,
+            result.error.as_deref().unwrap_or("failed")
+        );
+        result = check_caught(peer, options)?;
+        attempts += 1;
+    }
+    result.attempts = attempts;
     log::debug!(
         "checked {} ({}): {} {}",
         peer.name,
@@ -147,6 +161,32 @@ fn run_job(
         log::error!("the store writer is gone; result for peer {} lost", peer.id);
     }
     Some(outcome)
+}
+
+fn stopped(stopping: &Receiver<()>) -> bool {
+    matches!(stopping.try_recv(), Err(TryRecvError::Disconnected))
+}
+
+/// One check; a panic inside it is logged and yields no result.
+fn check_caught(peer: &Peer, options: &CheckOptions) -> Option<checker::CheckResult> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checker::check(peer, options)
+    })) {
+        Ok(result) => Some(result),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!(
+                "the check of peer {} ({}) failed inside the probe: {what}; no result recorded, it is checked again next time",
+                peer.id,
+                peer.uri()
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +208,7 @@ mod tests {
         let job = Job {
             peer: peer.clone(),
             cancelled: Arc::new(AtomicBool::new(true)),
+            confirm: 1,
         };
         assert!(pool.try_submit(job));
         let f = finished

@@ -187,6 +187,7 @@ impl Reporter {
                 uptime_seconds: self.options.started.elapsed().as_secs(),
                 buffered_results: summary.buffered,
                 dropped_results: summary.dropped,
+                unsupported_peers: summary.unsupported,
             },
             results,
         };

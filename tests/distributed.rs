@@ -333,10 +333,15 @@ fn pages_headers_and_reports_follow_the_contract() {
         "remote_hostname",
         "role",
         "error",
+        "error_kind",
+        "attempts",
     ] {
         assert!(r.get(key).is_some(), "{key} missing in {r}");
     }
     assert_eq!(r["role"], "member");
+    assert!(r["error_kind"].is_null(), "null for Online: {r}");
+    assert_eq!(r["attempts"], 1, "{r}");
+    assert_eq!(meta["unsupported_peers"], serde_json::json!([]), "{meta}");
     assert_contiguous(&backend.delivered_seqs());
     assert_eq!(
         backend.delivered_seqs(),
@@ -517,8 +522,15 @@ fn a_redirected_report_is_not_taken_as_delivered() {
     let dir = temp_dir("redirect");
     let args = daemon_args(&backend, &dir, &[]);
     let mut daemon = Daemon::start(&dir, &args, &[]);
+    // A result first (a refused peer's Offline is confirmed, 2 s), then
+    // three reports that should carry it.
+    wait_for("a stored result", Duration::from_secs(30), || {
+        (daemon.db.exists() && unacked(&daemon.db) > 0).then_some(())
+    });
+    let puts_before = backend.server.requests_to("PUT", "/api/nodes/status").len();
     wait_for("three redirected reports", Duration::from_secs(30), || {
-        (backend.server.requests_to("PUT", "/api/nodes/status").len() >= 3).then_some(())
+        (backend.server.requests_to("PUT", "/api/nodes/status").len() >= puts_before + 3)
+            .then_some(())
     });
     // Followed, the redirect would have sent the node token to another
     // address and turned a 200 from a GET into a false acknowledgement.
@@ -614,6 +626,8 @@ fn a_list_cached_for_another_region_is_not_reused() {
     // list must not be checked and reported as the us list, and its ETag
     // must not be offered (a 304 would make the eu list the us list).
     backend.set(|m| m.peers_override = Some(bad_500));
+    // The us list has a tag of its own: only the eu one must never be offered.
+    backend.set(|m| m.etag = Some("\"us-v1\""));
     let gets_before = backend.gets();
     let us = daemon_args(&backend, &dir, &["--region", "us"]);
     let mut second = Daemon::start(&dir, &us, &[]);
@@ -642,7 +656,11 @@ fn a_list_cached_for_another_region_is_not_reused() {
     let gets = backend.server.requests_to("GET", "/api/peers");
     for g in &gets[gets_before..] {
         assert_eq!(g.query("region").as_deref(), Some("us"));
-        assert_eq!(g.header("if-none-match"), None, "the eu ETag was offered");
+        assert_ne!(
+            g.header("if-none-match"),
+            Some("\"eu-v1\""),
+            "the eu ETag was offered"
+        );
     }
     // Back to eu after us answered: the stored list is the us one now, so
     // nothing is reused either; the eu list comes fresh.
@@ -680,8 +698,36 @@ fn a_cached_list_follows_this_runs_settings_behind_a_304() {
                 .then_some(())
         },
     );
+    wait_for(
+        "a confirmed Offline for the refused peer delivered",
+        Duration::from_secs(20),
+        || {
+            backend
+                .delivered_results()
+                .into_iter()
+                .find(|r| r["peer_id"] == 1)
+        },
+    );
     first.signal("TERM");
     assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+    let refused = backend
+        .delivered_results()
+        .into_iter()
+        .find(|r| r["peer_id"] == 1)
+        .unwrap();
+    assert_eq!(refused["status"], "Offline", "{refused}");
+    assert_eq!(refused["error_kind"], "refused", "{refused}");
+    assert_eq!(
+        refused["attempts"], 2,
+        "confirmed by a second check: {refused}"
+    );
+    let last = backend.delivered.lock().unwrap().last().unwrap().clone();
+    let unsupported = &last["metadata"]["unsupported_peers"];
+    assert_eq!(unsupported[0]["peer_id"], 2, "{unsupported}");
+    assert!(
+        unsupported[0]["reason"].as_str().unwrap().contains("quic"),
+        "{unsupported}"
+    );
 
     // Same list, same ETag: every fetch of the second run is a 304, so the
     // list the second run checks is the cached one.

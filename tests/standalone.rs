@@ -98,6 +98,9 @@ fn watches_peers_over_several_cycles_and_stops_cleanly() {
         "last_checked_at",
         "checks_24h",
         "uptime_24h",
+        "error",
+        "error_kind",
+        "attempts",
     ];
     expected.sort();
     let mut keys_sorted = keys.clone();

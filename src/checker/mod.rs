@@ -4,12 +4,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use easytier::common::config::{ConfigLoader, NetworkIdentity, PeerConfig, TomlConfigLoader};
-use easytier::common::global_ctx::GlobalCtxEvent;
-use easytier::launcher::{NetworkInstance, NetworkInstanceRunningInfo};
+use easytier::launcher::NetworkInstance;
 use serde::Serialize;
 
 use crate::clock;
 use crate::peer::{Peer, Role};
+
+mod resolve;
+mod verdict;
+
+pub use verdict::ErrorKind;
+use verdict::{EventView, Expectation, Verdict};
 
 /// How often the checker looks at the instance's state. EasyTier refreshes its
 /// peer and route tables about once a second; events arrive at once, so a short
@@ -56,6 +61,10 @@ pub struct CheckResult {
     pub role: &'static str,
     /// Why the peer is Offline, in plain words. Never contains a secret.
     pub error: Option<String>,
+    /// The same in one word, for machines; None when Online.
+    pub error_kind: Option<ErrorKind>,
+    /// Checks this verdict took: 2 when an Offline was confirmed by a second one.
+    pub attempts: u32,
     pub checked_at: String,
     #[serde(skip)]
     pub checked_at_ms: i64,
@@ -82,29 +91,45 @@ pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
         peer.uri(),
         role.as_str()
     );
-    let mut verdict = match resolve(peer, started + opts.timeout) {
-        Ok(families) => match build_config(peer, opts) {
-            Ok(config) => run_instance(config, role, peer, &families, started, opts.timeout),
-            Err(error) => Verdict::offline(error),
-        },
-        Err(error) => Verdict::offline(error),
+    let joined_as = match role {
+        Role::Member => peer.network_name.as_str(),
+        Role::PublicServer => opts.probe_network_name.as_str(),
     };
-    if verdict.elapsed.is_zero() {
-        verdict.elapsed = started.elapsed();
-    }
+    let expected = Expectation {
+        role,
+        peer,
+        joined_as,
+    };
+    // The time to the verdict, without the instance's teardown.
+    let (verdict, elapsed) = match resolve::resolve(peer, started + opts.timeout) {
+        Ok(families) => match build_config(peer, opts) {
+            Ok(config) => run_instance(config, &expected, &families, started, opts.timeout),
+            Err(error) => (
+                Verdict::offline(ErrorKind::Internal, error),
+                started.elapsed(),
+            ),
+        },
+        Err(error) => (Verdict::offline(ErrorKind::Dns, error), started.elapsed()),
+    };
+    let status = verdict.status.unwrap_or(Status::Offline);
     CheckResult {
         peer_id: peer.id,
         uri: peer.uri(),
-        status: verdict.status.unwrap_or(Status::Offline),
+        status,
         latency_us: verdict.latency_us,
         response_time: verdict.latency_us.map(|us| us.div_ceil(1000)),
         remote_version: verdict.remote_version,
         remote_hostname: verdict.remote_hostname,
         role: role.as_str(),
+        error_kind: match status {
+            Status::Online => None,
+            Status::Offline => Some(verdict.error_kind.unwrap_or(ErrorKind::Internal)),
+        },
         error: verdict.error,
+        attempts: 1,
         checked_at: clock::rfc3339(checked_at_ms),
         checked_at_ms,
-        duration_ms: verdict.elapsed.as_millis() as u64,
+        duration_ms: elapsed.as_millis() as u64,
     }
 }
 
@@ -156,31 +181,6 @@ fn log_easytier_task_panics() {
 
 const RECONNECT_INTERVAL_MS: u64 = 100;
 
-/// How many handshakes the node must close before the probe calls it a
-/// rejection (wrong secret, network not served) rather than a hiccup.
-const REJECTIONS_FOR_VERDICT: usize = 2;
-
-#[derive(Default)]
-struct Verdict {
-    /// Time from the start of the check to the verdict (teardown excluded).
-    elapsed: Duration,
-    status: Option<Status>,
-    latency_us: Option<u64>,
-    remote_version: Option<String>,
-    remote_hostname: Option<String>,
-    error: Option<String>,
-}
-
-impl Verdict {
-    fn offline(error: String) -> Verdict {
-        Verdict {
-            status: Some(Status::Offline),
-            error: Some(error),
-            ..Verdict::default()
-        }
-    }
-}
-
 fn build_config(peer: &Peer, opts: &CheckOptions) -> Result<TomlConfigLoader, String> {
     let uri = peer.uri();
     let url: url::Url = uri
@@ -217,231 +217,59 @@ fn build_config(peer: &Peer, opts: &CheckOptions) -> Result<TomlConfigLoader, St
 
 fn run_instance(
     config: TomlConfigLoader,
-    expected: Role,
-    peer: &Peer,
+    expected: &Expectation,
     families: &[&'static str],
     started: Instant,
     timeout: Duration,
-) -> Verdict {
+) -> (Verdict, Duration) {
     let deadline = started + timeout;
     let mut instance = NetworkInstance::new(config);
     if let Err(e) = instance.start() {
-        return Verdict::offline(format!(
-            "could not start the probe's EasyTier instance: {e:#}"
-        ));
+        let error = format!("could not start the probe's EasyTier instance: {e:#}");
+        return (
+            Verdict::offline(ErrorKind::Internal, error),
+            started.elapsed(),
+        );
     }
-    let mut verdict = loop {
-        let mut last_failure: Option<Failure> = None;
+    let verdict = loop {
+        let mut view = EventView::default();
         if let Some(info) = instance.get_running_info() {
-            if let Some(verdict) = judge(&info, expected, peer) {
+            if let Some(verdict) = verdict::judge_routes(&info, expected) {
                 break verdict;
             }
-            if let Some(error) = info.error_msg {
-                break Verdict::offline(format!("the probe's EasyTier instance failed: {error}"));
+            if let Some(error) = &info.error_msg {
+                break Verdict::offline(
+                    ErrorKind::Internal,
+                    format!("the probe's EasyTier instance failed: {error}"),
+                );
             }
-            // EasyTier tries each address family in turn and reports a
-            // ConnectError per family. The verdict is decided early only when
-            // every family the name resolved to has failed definitively.
-            let mut definitive_families: Vec<&str> = Vec::new();
-            let mut rejections = 0;
-            for (_, event) in &info.events {
-                if let GlobalCtxEvent::ConnectError(_, family, message) = event {
-                    let failure = classify_connect_error(message);
-                    if failure.definitive && !definitive_families.contains(&family.as_str()) {
-                        definitive_families.push(family.as_str());
-                    }
-                    if failure.rejected {
-                        rejections += 1;
-                    }
-                    last_failure = Some(failure);
-                }
-            }
-            if let Some(failure) = &last_failure {
-                if (failure.definitive && families.iter().all(|f| definitive_families.contains(f)))
-                    || (failure.rejected && rejections >= REJECTIONS_FOR_VERDICT)
-                {
-                    break Verdict::offline(failure.text.clone());
-                }
+            view = EventView::read(&info);
+            if let Some(verdict) = view.verdict(expected, families, clock::now_ms()) {
+                break verdict;
             }
         }
         if Instant::now() >= deadline {
-            let secs = timeout.as_secs_f64();
-            break Verdict::offline(match last_failure {
-                Some(failure) => {
-                    format!("timed out after {secs:.1}s; last error: {}", failure.text)
-                }
-                None => format!("timed out after {secs:.1}s without an answer from the node"),
-            });
+            break timed_out(&view, timeout);
         }
         std::thread::sleep(POLL_INTERVAL);
     };
-    verdict.elapsed = started.elapsed();
+    let elapsed = started.elapsed();
     // Dropping the instance stops its runtime and joins its thread.
     drop(instance);
-    verdict
+    (verdict, elapsed)
 }
 
-/// Resolves the peer's host the way EasyTier will, so that an unknown name is
-/// a fast verdict (EasyTier itself retries silently) and so that the checker
-/// knows which address families EasyTier is going to try.
-///
-/// A name that does not exist is a verdict at once. A resolver that cannot
-/// answer right now (EAI_AGAIN: no DNS server reachable, a timeout) says
-/// nothing about the peer, so the lookup is retried until `deadline` rather
-/// than reporting a peer Offline for one lost DNS packet.
-fn resolve(peer: &Peer, deadline: Instant) -> Result<Vec<&'static str>, String> {
-    use std::net::ToSocketAddrs;
-    let mut pause = Duration::from_millis(250);
-    let addrs = loop {
-        match (peer.host.as_str(), peer.port).to_socket_addrs() {
-            Ok(addrs) => break addrs,
-            Err(e) if is_temporary_resolver_failure(&e) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!(
-                        "name not resolved: {} (the resolver kept failing until the timeout: {e})",
-                        peer.host
-                    ));
-                }
-                std::thread::sleep(pause.min(left));
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(format!("name not resolved: {} ({e})", peer.host)),
+/// The verdict at the timeout, saying how far the check got.
+fn timed_out(view: &EventView, timeout: Duration) -> Verdict {
+    let secs = timeout.as_secs_f64();
+    let text = match (&view.last_failure, view.connected()) {
+        (_, true) => {
+            format!("timed out after {secs:.1}s: connected, but the node never showed up as a peer")
         }
+        (Some(failure), false) => {
+            format!("timed out after {secs:.1}s; last error: {}", failure.text)
+        }
+        (None, false) => format!("timed out after {secs:.1}s without an answer from the node"),
     };
-    let mut families = Vec::new();
-    for addr in addrs {
-        let family = if addr.is_ipv4() { "V4" } else { "V6" };
-        if !families.contains(&family) {
-            families.push(family);
-        }
-    }
-    if families.is_empty() {
-        return Err(format!("name not resolved: {} has no address", peer.host));
-    }
-    Ok(families)
-}
-
-/// std reports getaddrinfo failures only as text: `gai_strerror` of the
-/// code. Rust programs never call `setlocale`, so the text is the C
-/// locale's, and EAI_AGAIN reads as one of these (glibc, musl).
-fn is_temporary_resolver_failure(error: &std::io::Error) -> bool {
-    let text = error.to_string();
-    [
-        "Temporary failure in name resolution",
-        "could not be resolved at this time",
-    ]
-    .iter()
-    .any(|t| text.contains(t))
-}
-
-/// Looks for the peer among the directly connected ones.
-fn judge(info: &NetworkInstanceRunningInfo, expected: Role, peer: &Peer) -> Option<Verdict> {
-    for pair in &info.peer_route_pairs {
-        let Some(conn_peer) = &pair.peer else {
-            continue;
-        };
-        if conn_peer.conns.is_empty() {
-            continue;
-        }
-        let is_public = pair
-            .route
-            .feature_flag
-            .map(|f| f.is_public_server)
-            .unwrap_or(false);
-        let latency_us = conn_peer
-            .conns
-            .iter()
-            .filter_map(|c| c.stats.as_ref().map(|s| s.latency_us))
-            .filter(|us| *us > 0)
-            .min();
-        let answered_as = if is_public {
-            Role::PublicServer
-        } else {
-            Role::Member
-        };
-        if answered_as != expected {
-            let error = match expected {
-                Role::Member => format!(
-                    "the node answered as a public relay, not as a member of network {:?}",
-                    peer.network_name
-                ),
-                Role::PublicServer => {
-                    "the node answered as a network member, not as a public relay".to_string()
-                }
-            };
-            return Some(Verdict::offline(error));
-        }
-        return Some(Verdict {
-            status: Some(Status::Online),
-            latency_us,
-            remote_version: Some(pair.route.version.clone()).filter(|v| !v.is_empty()),
-            remote_hostname: Some(pair.route.hostname.clone()).filter(|h| !h.is_empty()),
-            error: None,
-            elapsed: Duration::ZERO,
-        });
-    }
-    None
-}
-
-struct Failure {
-    text: String,
-    /// Nothing will change before the timeout (refused, unreachable).
-    definitive: bool,
-    /// The node took the connection and closed it during the handshake.
-    rejected: bool,
-}
-
-/// Turns EasyTier's connect error into plain words, and says whether it decides
-/// the verdict at once (nothing will change before the timeout).
-fn classify_connect_error(message: &str) -> Failure {
-    let lower = message.to_ascii_lowercase();
-    let definitive = |text: &str| Failure {
-        text: text.to_string(),
-        definitive: true,
-        rejected: false,
-    };
-    if lower.contains("connection refused") {
-        return definitive("connection refused");
-    } else if lower.contains("network is unreachable") {
-        return definitive("network unreachable");
-    } else if lower.contains("no route to host") || lower.contains("host is unreachable") {
-        return definitive("host unreachable");
-    }
-    if lower.contains("conn closed during wait handshake") || lower.contains("secret") {
-        return Failure {
-            text: "rejected by the node during the handshake (wrong network name or secret, or the node does not serve this network)".to_string(),
-            definitive: false,
-            rejected: true,
-        };
-    }
-    let text =
-        if lower.contains("timeout") || lower.contains("timed out") || lower.contains("elapsed") {
-            "connection timed out".to_string()
-        } else {
-            format!("connection failed: {}", first_line(message))
-        };
-    Failure {
-        text,
-        definitive: false,
-        rejected: false,
-    }
-}
-
-fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or("").trim()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_connect_errors() {
-        let refused = classify_connect_error("io error: Connection refused (os error 111)");
-        assert_eq!(refused.text, "connection refused");
-        assert!(refused.definitive);
-        let timeout = classify_connect_error("connect timeout");
-        assert!(!timeout.definitive);
-    }
+    Verdict::offline(ErrorKind::Timeout, text)
 }

@@ -34,6 +34,10 @@ pub struct Cli {
     #[argh(option)]
     pub workers: Option<String>,
 
+    /// checks that confirm a failure of a peer last seen Online before it is recorded Offline, 2 s apart; 0 disables [env CONFIRM_OFFLINE, default 1]
+    #[argh(option)]
+    pub confirm_offline: Option<String>,
+
     /// path of the SQLite database [env DATABASE_PATH, default $STATE_DIRECTORY/probe.db or ./easytier-probe.db]
     #[argh(option)]
     pub db: Option<PathBuf>,
@@ -113,7 +117,7 @@ pub struct CheckArgs {
     #[argh(positional)]
     pub uri: String,
 
-    /// network to join: the peer's own network when a secret is given, otherwise the probe's guest network name
+    /// the peer's own network: joined as a member with --network-secret(-file); without a secret only a label (relay check)
     #[argh(option)]
     pub network_name: Option<String>,
 
@@ -142,6 +146,10 @@ pub struct CheckArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
+    /// checks that confirm a failure of a peer last seen Online before it is recorded Offline, 2 s apart; 0 disables [env CONFIRM_OFFLINE, default 1]
+    #[argh(option)]
+    pub confirm_offline: Option<String>,
+
     /// path of the SQLite database [env DATABASE_PATH]
     #[argh(option)]
     pub db: Option<PathBuf>,

@@ -56,6 +56,8 @@ pub struct DaemonConfig {
     pub check_interval: Duration,
     pub check_timeout: Duration,
     pub workers: usize,
+    /// Checks that confirm a failure before Offline is recorded.
+    pub confirm_offline: u32,
     pub db_path: PathBuf,
     pub retention_days: u32,
     pub network_name: Option<String>,
@@ -83,8 +85,8 @@ pub struct DistributedConfig {
 pub struct CheckConfig {
     pub peer: Peer,
     pub timeout: Duration,
-    pub network_name: Option<String>,
     pub json: bool,
+    pub allow_quic: bool,
 }
 
 #[derive(Debug)]
@@ -168,14 +170,14 @@ impl Cli {
 
 fn check_config(args: CheckArgs) -> Result<CheckConfig> {
     let mut peer = peer::peer_from_uri(&args.uri).map_err(|e| UsageError(format!("{e:#}")))?;
-    if peer.protocol == peer::Protocol::Quic && !args.allow_quic {
-        return usage(
-            "quic checks give false Offline verdicts against current (2.6.x) nodes; pass --allow-quic if the node runs EasyTier 2.0.x",
-        );
-    }
     let timeout = match &args.timeout {
         Some(value) => settings::CHECK_TIMEOUT.parse(value, "--timeout")?,
         None => settings::CHECK_TIMEOUT.default,
+    };
+    let secret_flag = if args.network_secret_file.is_some() {
+        "--network-secret-file"
+    } else {
+        "--network-secret"
     };
     let secret = env::secret(
         args.network_secret,
@@ -184,18 +186,28 @@ fn check_config(args: CheckArgs) -> Result<CheckConfig> {
         &[("", ""); 0],
         "",
     )?;
-    if let Some(secret) = secret {
-        let Some(name) = args.network_name.clone() else {
-            return usage("--network-secret needs --network-name (the peer's network)");
-        };
+    // The peer's own network, as in a peers file: joined as a member with
+    // the secret; without one, only a label (the check is a relay check
+    // under the probe's guest network name).
+    if let Some(name) = args.network_name.map(|n| n.trim().to_string()) {
+        if name.is_empty() {
+            return usage("--network-name: the name is empty");
+        }
         peer.network_name = name;
+    }
+    if let Some(secret) = secret {
+        if peer.network_name.is_empty() {
+            return usage(format!(
+                "{secret_flag} needs --network-name (the peer's own network)"
+            ));
+        }
         peer.network_secret = Some(secret.expose().to_string());
     }
     Ok(CheckConfig {
         peer,
         timeout: secs(timeout),
-        network_name: args.network_name,
         json: args.json,
+        allow_quic: args.allow_quic,
     })
 }
 
@@ -204,6 +216,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
     let check_interval = CHECK_INTERVAL.read(cli.check_interval.take(), env)?;
     let check_timeout = CHECK_TIMEOUT.read(cli.check_timeout.take(), env)?;
     let workers = WORKERS.read(cli.workers.take(), env)? as usize;
+    let confirm_offline = CONFIRM_OFFLINE.read(cli.confirm_offline.take(), env)? as u32;
     let retention_days = RETENTION_DAYS.read(cli.retention_days.take(), env)? as u32;
     let stop_budget = STOP_BUDGET_SECS.read(None, env)?;
     let recycle_after_checks = RECYCLE_AFTER_CHECKS.read(None, env)?;
@@ -254,6 +267,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
         check_interval: secs(check_interval),
         check_timeout: secs(check_timeout),
         workers,
+        confirm_offline,
         db_path: env::db_path(cli.db, env),
         retention_days,
         network_name,

@@ -42,6 +42,15 @@ pub const WORKERS: Number = Number {
     min: 1,
     max: 1_024,
 };
+/// More checks that must fail before a peer last seen Online (or never seen)
+/// is recorded Offline; 0 records the first failure.
+pub const CONFIRM_OFFLINE: Number = Number {
+    flag: Some("confirm-offline"),
+    var: "CONFIRM_OFFLINE",
+    default: 1,
+    min: 0,
+    max: 5,
+};
 pub const RETENTION_DAYS: Number = Number {
     flag: Some("retention-days"),
     var: "RETENTION_DAYS",
@@ -105,6 +114,7 @@ pub const ALL: &[&Number] = &[
     &CHECK_INTERVAL,
     &CHECK_TIMEOUT,
     &WORKERS,
+    &CONFIRM_OFFLINE,
     &RETENTION_DAYS,
     &PEER_FETCH_INTERVAL,
     &STATUS_REPORT_INTERVAL,

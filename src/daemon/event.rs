@@ -99,6 +99,7 @@ pub struct MainLoop {
     pub schedule: Schedule,
     pub store: Sender<StoreMsg>,
     pub allow_quic: bool,
+    confirm_offline: u32,
     /// Peers not checked (unsupported transport), to warn once per change.
     pub skipped: HashSet<i64>,
     pub last_status: HashMap<i64, Status>,
@@ -118,6 +119,7 @@ impl MainLoop {
             schedule: Schedule::new(config.check_interval),
             store,
             allow_quic: config.allow_quic,
+            confirm_offline: config.confirm_offline,
             skipped: HashSet::new(),
             last_status: HashMap::new(),
             peers_source: peers::source_key(config),
@@ -209,9 +211,16 @@ impl MainLoop {
         for peer in self.schedule.due(now) {
             let id = peer.id;
             let cancelled = Arc::new(AtomicBool::new(false));
+            // A peer already Offline is not confirmed again: no doubled
+            // load on a node that is down for long.
+            let confirm = match self.last_status.get(&id) {
+                Some(Status::Offline) => 0,
+                _ => self.confirm_offline,
+            };
             let job = Job {
                 peer: peer.clone(),
                 cancelled: cancelled.clone(),
+                confirm,
             };
             if !threads.pool.try_submit(job) {
                 return MAX_IDLE;
@@ -228,23 +237,34 @@ impl MainLoop {
 
     pub fn finished(&mut self, f: Finished) {
         self.schedule.finished(f.peer_id);
-        self.jobs.remove(&f.peer_id);
+        let job = self.jobs.remove(&f.peer_id);
         let Some(status) = f.status else { return };
         self.checks_done += 1;
         match status {
             Status::Online => self.cycle.online += 1,
             Status::Offline => self.cycle.offline += 1,
         }
+        // One line per change of verdict (and for a first Offline); an
+        // ordinary check writes nothing at the default level.
         let previous = self.last_status.insert(f.peer_id, status);
-        if previous.is_some_and(|p| p != status) {
-            match status {
-                Status::Online => log::info!("peer {} is Online again", f.peer_id),
-                Status::Offline => log::info!(
-                    "peer {} went Offline: {}",
-                    f.peer_id,
-                    f.error.as_deref().unwrap_or("unknown error")
-                ),
-            }
+        if previous == Some(status) || (previous.is_none() && status == Status::Online) {
+            return;
+        }
+        let who = match &job {
+            Some((peer, _)) => format!("peer {} {:?} ({})", peer.id, peer.name, peer.uri()),
+            None => format!("peer {}", f.peer_id),
+        };
+        match status {
+            Status::Online => log::info!("{who} is Online again"),
+            Status::Offline => log::info!(
+                "{who} {}: {}",
+                if previous.is_some() {
+                    "went Offline"
+                } else {
+                    "is Offline"
+                },
+                f.error.as_deref().unwrap_or("unknown error")
+            ),
         }
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::event::MainLoop;
 use crate::config::DaemonConfig;
-use crate::peer::{self, Peer, Protocol};
+use crate::peer::{self, Peer};
 use crate::store::{self, StoreMsg, StoredPeer};
 
 /// Reads the peers file: an unreadable or malformed file is an error, an
@@ -87,13 +87,6 @@ pub fn cached_peers(
     Ok((cached, store::get_state(conn, store::KEY_PEERS_ETAG)?))
 }
 
-/// Why a peer is not checked, or None when it is.
-pub fn skip_reason(peer: &Peer, allow_quic: bool) -> Option<String> {
-    (peer.protocol == Protocol::Quic && !allow_quic).then(|| {
-        "quic checks give false Offline verdicts against 2.6.x nodes (see --allow-quic)".to_string()
-    })
-}
-
 impl MainLoop {
     /// Takes a complete peer set: stores it, warns about skipped peers, reschedules.
     pub fn apply_peers(&mut self, peers: Vec<Peer>, etag: Option<String>, persist: bool) {
@@ -104,7 +97,7 @@ impl MainLoop {
             if let Some(secret) = &peer.network_secret {
                 crate::logging::add_secret(secret);
             }
-            let skip_reason = skip_reason(&peer, self.allow_quic);
+            let skip_reason = peer.unsupported_reason(self.allow_quic).map(str::to_string);
             if skip_reason.is_some() {
                 skipped.push(peer.clone());
             } else {
@@ -155,12 +148,15 @@ impl MainLoop {
         if !skipped.is_empty() && skipped_ids != self.skipped {
             let names: Vec<String> = skipped
                 .iter()
-                .map(|p| format!("{} ({})", p.name, p.uri()))
+                .map(|p| {
+                    let reason = p.unsupported_reason(self.allow_quic).unwrap_or_default();
+                    format!("{} ({}): {reason}", p.name, p.uri())
+                })
                 .collect();
             log::warn!(
-                "not checking {} quic peer(s), shown as unsupported: quic checks give false Offline verdicts against current (2.6.x) nodes; pass --allow-quic for nodes running 2.0.x: {}",
+                "not checking {} peer(s), shown as unsupported: {}",
                 skipped.len(),
-                names.join(", ")
+                names.join("; ")
             );
         }
         self.skipped = skipped_ids;

@@ -20,7 +20,9 @@ use crate::peer::Peer;
 use crate::thread::{ExitWatch, ThreadHandle};
 
 pub use outbox::{outbox_batch, OutboxResult};
-pub use queries::{load_active_peers, peer_statuses, summary, PeerStatus, Summary};
+pub use queries::{
+    load_active_peers, peer_statuses, summary, PeerStatus, Summary, UnsupportedPeer,
+};
 pub use schema::{get_state, open_ro, open_rw, probe_id};
 
 /// Results queued between the workers and the writer. Bounded because it
@@ -130,6 +132,8 @@ pub(crate) mod test_support {
             remote_hostname: None,
             role: "member",
             error: (status == Status::Offline).then(|| "connection refused".into()),
+            error_kind: (status == Status::Offline).then_some(crate::checker::ErrorKind::Refused),
+            attempts: 1,
             checked_at: clock::rfc3339(at),
             checked_at_ms: at,
             duration_ms: 5,

@@ -80,13 +80,17 @@ pub struct OutboxResult {
     pub remote_hostname: Option<String>,
     pub role: String,
     pub error: Option<String>,
+    /// Extension: the error in one word (null for Online).
+    pub error_kind: Option<String>,
+    /// Extension: 2 when a second check confirmed an Offline.
+    pub attempts: i64,
 }
 
 /// The oldest unacknowledged results, at most `limit`.
 pub fn outbox_batch(conn: &Connection, limit: usize) -> anyhow::Result<Vec<OutboxResult>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, peer_id, checked_at_ms, status, response_time_ms, latency_us,
-                remote_version, remote_hostname, role, error
+                remote_version, remote_hostname, role, error, error_kind, attempts
          FROM results WHERE acked = 0 ORDER BY seq LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -101,6 +105,8 @@ pub fn outbox_batch(conn: &Connection, limit: usize) -> anyhow::Result<Vec<Outbo
             remote_hostname: r.get(7)?,
             role: r.get(8)?,
             error: r.get(9)?,
+            error_kind: r.get(10)?,
+            attempts: r.get(11)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

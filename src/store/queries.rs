@@ -57,6 +57,13 @@ pub struct PeerStatus {
     pub checks_24h: i64,
     /// Percent of the last 24 hours' checks that found the peer Online.
     pub uptime_24h: Option<f64>,
+    /// Why the latest check found the peer Offline, or why it is not
+    /// checked (unsupported); null otherwise.
+    pub error: Option<String>,
+    /// The same in one word: an Offline result's kind, or `unsupported`.
+    pub error_kind: Option<String>,
+    /// Checks the latest verdict took (2 when an Offline was confirmed).
+    pub attempts: Option<i64>,
 }
 
 pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerStatus>> {
@@ -64,6 +71,7 @@ pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerS
     let mut stmt = conn.prepare(
         "SELECT p.id, p.name, p.protocol, p.host, p.port, p.skip_reason,
                 r.status, r.latency_us, r.remote_version, r.checked_at_ms,
+                r.error, r.error_kind, r.attempts,
                 (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1),
                 (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1
                                                 AND status = 'Online')
@@ -79,16 +87,20 @@ pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerS
         let port: u16 = r.get(4)?;
         let skip_reason: Option<String> = r.get(5)?;
         let last_status: Option<String> = r.get(6)?;
-        let checks: i64 = r.get(10)?;
-        let online: i64 = r.get(11)?;
+        let checks: i64 = r.get(13)?;
+        let online: i64 = r.get(14)?;
         let uri = match Protocol::parse(&protocol) {
             Some(p) => crate::peer::format_uri(p, &host, port),
             None => format!("{protocol}://{host}:{port}"),
         };
-        let status = match (&skip_reason, last_status) {
-            (Some(_), _) => "unsupported".to_string(),
-            (None, Some(s)) => s,
-            (None, None) => "pending".to_string(),
+        let (status, error, error_kind) = match (skip_reason, last_status) {
+            (Some(reason), _) => (
+                "unsupported".to_string(),
+                Some(reason),
+                Some("unsupported".to_string()),
+            ),
+            (None, Some(s)) => (s, r.get(10)?, r.get(11)?),
+            (None, None) => ("pending".to_string(), None, None),
         };
         Ok(PeerStatus {
             id: r.get(0)?,
@@ -101,6 +113,9 @@ pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerS
             checks_24h: checks,
             uptime_24h: (checks > 0)
                 .then(|| (online as f64 * 1000.0 / checks as f64).round() / 10.0),
+            error,
+            error_kind,
+            attempts: r.get(12)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -115,6 +130,15 @@ pub struct Summary {
     pub mean_response_ms: Option<i64>,
     pub buffered: i64,
     pub dropped: i64,
+    /// Peers of the current list the probe cannot check, with the reason.
+    pub unsupported: Vec<UnsupportedPeer>,
+}
+
+/// A peer the probe does not check, as the status report names it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnsupportedPeer {
+    pub peer_id: i64,
+    pub reason: String,
 }
 
 pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
@@ -135,11 +159,24 @@ pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
     let dropped = get_state(conn, KEY_DROPPED)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, skip_reason FROM peers
+         WHERE active = 1 AND skip_reason IS NOT NULL ORDER BY id",
+    )?;
+    let unsupported = stmt
+        .query_map([], |r| {
+            Ok(UnsupportedPeer {
+                peer_id: r.get(0)?,
+                reason: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
     Ok(Summary {
         total_monitored: total,
         healthy,
         mean_response_ms: mean.map(|m| m.round() as i64),
         buffered,
         dropped,
+        unsupported,
     })
 }

@@ -9,7 +9,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::KEY_PROBE_ID;
 
 /// Schema migrations, applied in order up to `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../../sql/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/001_init.sql"),
+    include_str!("../../sql/002_error_kind_attempts.sql"),
+];
 
 /// Opens (creating if needed) the database read-write and brings the schema up to date.
 pub fn open_rw(path: &Path) -> anyhow::Result<Connection> {

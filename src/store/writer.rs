@@ -225,8 +225,9 @@ impl Writer {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO results (peer_id, checked_at_ms, status, response_time_ms,
-                    latency_us, remote_version, remote_hostname, role, error, duration_ms, acked)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    latency_us, remote_version, remote_hostname, role, error, duration_ms, acked,
+                    error_kind, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for msg in msgs {
                 match msg {
@@ -243,6 +244,8 @@ impl Writer {
                             r.error,
                             r.duration_ms,
                             auto_ack,
+                            r.error_kind.map(|k| k.as_str()),
+                            r.attempts,
                         ])?;
                         inserted += 1;
                     }
