@@ -24,3 +24,8 @@ if [ -n "$missing" ]; then
         exit 1
     fi
 fi
+
+# A real EasyTier 2.6 node for the interop tests: the easytier-pyo3 package
+# (upstream core 2.6.4) in a virtual environment, installed from PyPI here,
+# outside the tests' network namespace. Quiet and instant once installed.
+sh "$(dirname "$0")/et26-venv.sh" >/dev/null

@@ -130,8 +130,81 @@ impl TargetNode {
     }
 }
 
+/// A 2.0.3 target node listening on every transport the probe dials: tcp,
+/// udp, ws, wss (2.0.3 makes its own self-signed certificate) and wg (keys
+/// derived from the node's network name and secret).
+pub struct AllTransportsNode {
+    pub instance: NetworkInstance,
+    /// (protocol, port) for tcp, udp, ws, wss and wg.
+    pub ports: Vec<(&'static str, u16)>,
+    pub network_name: String,
+    pub network_secret: String,
+    pub hostname: String,
+}
+
+impl AllTransportsNode {
+    /// Like `TargetNode::start`, with ws, wss and wg listeners too.
+    pub fn start(network_name: &str, secret: &str, hostname: &str) -> AllTransportsNode {
+        let ports: Vec<(&'static str, u16)> = ["tcp", "udp", "ws", "wss", "wg"]
+            .into_iter()
+            .map(|p| (p, free_port()))
+            .collect();
+        let config = TomlConfigLoader::default();
+        config.set_inst_name(format!("target-{hostname}"));
+        config.set_hostname(Some(hostname.to_string()));
+        config.set_network_identity(NetworkIdentity::new(
+            network_name.to_string(),
+            secret.to_string(),
+        ));
+        config.set_listeners(
+            ports
+                .iter()
+                .map(|(p, port)| {
+                    let path = if p.starts_with("ws") { "/" } else { "" };
+                    format!("{p}://127.0.0.1:{port}{path}").parse().unwrap()
+                })
+                .collect(),
+        );
+        config.set_dhcp(false);
+        let mut instance = NetworkInstance::new(config);
+        instance.start().expect("start target node");
+        let node = AllTransportsNode {
+            instance,
+            ports,
+            network_name: network_name.to_string(),
+            network_secret: secret.to_string(),
+            hostname: hostname.to_string(),
+        };
+        // The stream listeners accept a connection once up; the datagram
+        // ones start in the same pass.
+        for proto in ["tcp", "ws", "wss"] {
+            let port = node.port(proto);
+            wait_for(
+                &format!("the {proto} listener of {hostname}"),
+                Duration::from_secs(10),
+                || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+            );
+        }
+        node
+    }
+
+    pub fn port(&self, protocol: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("no {protocol} listener"))
+    }
+
+    /// `proto://127.0.0.1:port` for the probe.
+    pub fn uri(&self, protocol: &str) -> String {
+        format!("{protocol}://127.0.0.1:{}", self.port(protocol))
+    }
+}
+
 pub mod backend;
 pub mod dns;
+pub mod et26;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
