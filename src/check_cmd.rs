@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::checker::{self, CheckOptions, ErrorKind, Status};
+use crate::checker::{self, CheckKind, CheckOptions, ErrorKind, Status};
 use crate::clock;
 use crate::config::CheckConfig;
 
@@ -37,11 +37,26 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
         hostname: "easytier-probe".to_string(),
     };
     checker::tune_easytier_for_checks();
-    let result = checker::check(&config.peer, &opts);
+    let kind = if config.quick {
+        CheckKind::Quick
+    } else {
+        CheckKind::Full
+    };
+    let result = checker::check_as(&config.peer, &opts, kind);
     if config.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         match result.status {
+            Status::Online if kind == CheckKind::Quick => println!(
+                "{} Online as {} in {} ms (quick check): handshake {}",
+                result.uri,
+                result.role,
+                result.duration_ms,
+                result
+                    .latency_us
+                    .map(checker::latency_text)
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
             Status::Online => println!(
                 "{} Online as {} in {} ms: latency {}, version {}, host {}",
                 result.uri,

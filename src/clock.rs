@@ -9,6 +9,13 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC, second precision,
 /// the form the backend contract shows).
 pub fn rfc3339(ms: i64) -> String {

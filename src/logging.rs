@@ -51,12 +51,25 @@ struct RedactingLogger {
     inner: env_logger::Logger,
 }
 
+/// EasyTier's "connection closed" line, which the checker needs whatever
+/// the filter (see `checker::closed_conns`).
+fn is_close_line(metadata: &Metadata) -> bool {
+    use crate::checker::closed_conns;
+    metadata.level() == log::Level::Warn && metadata.target() == closed_conns::TARGET
+}
+
 impl Log for RedactingLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.inner.enabled(metadata)
+        self.inner.enabled(metadata) || is_close_line(metadata)
     }
 
     fn log(&self, record: &Record) {
+        if is_close_line(record.metadata()) {
+            let message = record.args().to_string();
+            if message.contains(crate::checker::closed_conns::MESSAGE) {
+                crate::checker::closed_conns::note(&message);
+            }
+        }
         if !self.inner.matches(record) {
             return;
         }
@@ -126,7 +139,8 @@ pub fn init() {
         builder.format_timestamp_millis();
     }
     let inner = builder.build();
-    let max_level = inner.filter();
+    // At least Warn, for EasyTier's close lines (see `is_close_line`).
+    let max_level = inner.filter().max(log::LevelFilter::Warn);
     if log::set_boxed_logger(Box::new(RedactingLogger { inner })).is_ok() {
         log::set_max_level(max_level);
     }

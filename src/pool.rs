@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::checker::{self, CheckOptions, Status};
+use crate::checker::{self, CheckKind, CheckOptions, Status};
 use crate::peer::Peer;
 use crate::store::StoreMsg;
 use crate::thread::{ExitWatch, ThreadHandle};
@@ -18,6 +18,25 @@ pub struct Finished {
     /// None when the check was not run (shutdown).
     pub status: Option<Status>,
     pub error: Option<String>,
+    /// What a full check that found the peer Online saw, for the quick
+    /// checks that follow.
+    pub observed: Option<Observed>,
+}
+
+/// A peer's version and host name, as a full check saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub version: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// How a job checks its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A full check: waits for the route table, sees version and host name.
+    Full,
+    /// A quick check, carrying over what the last full check saw.
+    Quick(Observed),
 }
 
 /// A check handed to a worker. The main loop keeps `cancelled` and sets it
@@ -29,6 +48,7 @@ pub struct Job {
     /// How many more checks confirm a failure before Offline is recorded
     /// (`--confirm-offline`; 0 for a peer already Offline).
     pub confirm: u32,
+    pub plan: Plan,
 }
 
 /// The pause before a failed check is checked again: long enough for a lost
@@ -70,15 +90,12 @@ impl ProbePool {
                     let outcome = run_job(job, &options, &stopping, &results);
                     // Always answered, even after a panic: otherwise the
                     // peer would count as running and never be checked again.
-                    let (status, error) = match outcome {
-                        Some((status, error)) => (Some(status), error),
-                        None => (None, None),
-                    };
-                    let _ = finished.send(Finished {
+                    let _ = finished.send(outcome.unwrap_or(Finished {
                         peer_id,
-                        status,
-                        error,
-                    });
+                        status: None,
+                        error: None,
+                        observed: None,
+                    }));
                 }
             })?;
             workers.push(worker);
@@ -120,14 +137,18 @@ fn run_job(
     options: &CheckOptions,
     stopping: &Receiver<()>,
     results: &Sender<StoreMsg>,
-) -> Option<(Status, Option<String>)> {
+) -> Option<Finished> {
     let abandoned = || stopped(stopping) || job.cancelled.load(Ordering::Relaxed);
     // After a stop request, queued checks are not started.
     if abandoned() {
         return None;
     }
     let peer = &job.peer;
-    let mut result = check_caught(peer, options)?;
+    let kind = match job.plan {
+        Plan::Full => CheckKind::Full,
+        Plan::Quick(_) => CheckKind::Quick,
+    };
+    let mut result = check_caught(peer, options, kind)?;
     let mut attempts = 1;
     while result.status == Status::Offline && attempts <= job.confirm {
         // An unconfirmed failure is no verdict: a stop during the pause
@@ -144,10 +165,20 @@ fn run_job(
             result.uri,
             result.error.as_deref().unwrap_or("failed")
         );
-        result = check_caught(peer, options)?;
+        // A full check confirms: a second opinion that also sees the
+        // version if the node is back.
+        result = check_caught(peer, options, CheckKind::Full)?;
         attempts += 1;
     }
     result.attempts = attempts;
+    if let (Plan::Quick(carried), CheckKind::Quick) = (&job.plan, result.check_kind) {
+        result.remote_version = carried.version.clone();
+        result.remote_hostname = carried.hostname.clone();
+    }
+    let observed = (result.status == Status::Online && result.version_observed).then(|| Observed {
+        version: result.remote_version.clone(),
+        hostname: result.remote_hostname.clone(),
+    });
     log::debug!(
         "checked {} ({}): {} {}",
         peer.name,
@@ -155,12 +186,17 @@ fn run_job(
         result.status.as_str(),
         result.error.as_deref().unwrap_or("")
     );
-    let outcome = (result.status, result.error.clone());
+    let finished = Finished {
+        peer_id: peer.id,
+        status: Some(result.status),
+        error: result.error.clone(),
+        observed,
+    };
     // The store outlives the workers; a send error means it died.
     if results.send(StoreMsg::Result(Box::new(result))).is_err() {
         log::error!("the store writer is gone; result for peer {} lost", peer.id);
     }
-    Some(outcome)
+    Some(finished)
 }
 
 fn stopped(stopping: &Receiver<()>) -> bool {
@@ -168,9 +204,13 @@ fn stopped(stopping: &Receiver<()>) -> bool {
 }
 
 /// One check; a panic inside it is logged and yields no result.
-fn check_caught(peer: &Peer, options: &CheckOptions) -> Option<checker::CheckResult> {
+fn check_caught(
+    peer: &Peer,
+    options: &CheckOptions,
+    kind: CheckKind,
+) -> Option<checker::CheckResult> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        checker::check(peer, options)
+        checker::check_as(peer, options, kind)
     })) {
         Ok(result) => Some(result),
         Err(panic) => {
@@ -209,6 +249,7 @@ mod tests {
             peer: peer.clone(),
             cancelled: Arc::new(AtomicBool::new(true)),
             confirm: 1,
+            plan: Plan::Full,
         };
         assert!(pool.try_submit(job));
         let f = finished

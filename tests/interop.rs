@@ -1,5 +1,8 @@
 //! Interop: `easytier-probe check` against real EasyTier 2.0.3 and 2.6 nodes, every transport, member and relay.
 //!
+//! Every cell runs twice: as a full check (`check`) and as a quick one
+//! (`check --quick`), which must reach the same verdict at the handshake.
+//!
 //! The 2.0.3 node runs in-process, the 2.6 node is easytier-pyo3 in a child
 //! process (common::et26). Besides the {tcp, udp, ws, wss, wg} x {member,
 //! relay} matrix: private mode, relay whitelist, wrong secret, closed port
@@ -75,14 +78,21 @@ struct Cells {
     dir: PathBuf,
     failures: Vec<String>,
     count: usize,
+    /// Quick checks (`--quick`) instead of full ones.
+    quick: bool,
 }
 
+/// Both kinds of check, full first.
+const KINDS: [bool; 2] = [false, true];
+
 impl Cells {
-    fn new(name: &str) -> Cells {
+    fn new(name: &str, quick: bool) -> Cells {
+        let kind = if quick { "quick" } else { "full" };
         Cells {
-            dir: temp_dir(&format!("interop-{name}")),
+            dir: temp_dir(&format!("interop-{name}-{kind}")),
             failures: Vec::new(),
             count: 0,
+            quick,
         }
     }
 
@@ -99,6 +109,9 @@ impl Cells {
             "--timeout",
             &TIMEOUT_SECS.to_string(),
         ]);
+        if self.quick {
+            cmd.arg("--quick");
+        }
         match join {
             Join::Member { network, secret } => {
                 let file = self.dir.join(format!(
@@ -118,7 +131,7 @@ impl Cells {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut problems = match serde_json::from_str::<Value>(stdout.trim()) {
-            Ok(r) if r.is_object() => judge(&r, code, uri, wall, &expect),
+            Ok(r) if r.is_object() => judge(&r, code, uri, wall, &expect, self.quick),
             _ => vec!["stdout is not one JSON object".to_string()],
         };
         if let Join::Member { secret, .. } = join {
@@ -130,7 +143,8 @@ impl Cells {
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             self.failures.push(format!(
-                "cell {cell} ({uri}): {}\n    exit {code:?} in {} ms, stdout: {}\n    stderr tail: {}",
+                "cell {cell}{} ({uri}): {}\n    exit {code:?} in {} ms, stdout: {}\n    stderr tail: {}",
+                if self.quick { " quick" } else { "" },
                 problems.join("; "),
                 wall.as_millis(),
                 stdout.trim(),
@@ -152,7 +166,14 @@ impl Cells {
 }
 
 /// The differences between one check's outcome and `expect`.
-fn judge(r: &Value, code: Option<i32>, uri: &str, wall: Duration, expect: &Expect) -> Vec<String> {
+fn judge(
+    r: &Value,
+    code: Option<i32>,
+    uri: &str,
+    wall: Duration,
+    expect: &Expect,
+    quick: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut want = |ok: bool, what: String| {
         if !ok {
@@ -194,6 +215,38 @@ fn judge(r: &Value, code: Option<i32>, uri: &str, wall: Duration, expect: &Expec
             want(
                 r["error_kind"].is_null(),
                 format!("error_kind {} on Online", r["error_kind"]),
+            );
+            // A udp relay gets a full check even when a quick one is asked.
+            let udp_relay = uri.starts_with("udp:") && *role == "public_server";
+            if quick && !udp_relay {
+                // At the handshake: no version yet, the handshake's latency.
+                want(
+                    r["check_kind"] == "quick" && r["latency_kind"] == "handshake",
+                    format!(
+                        "check_kind {} latency_kind {}",
+                        r["check_kind"], r["latency_kind"]
+                    ),
+                );
+                want(
+                    r["remote_version"].is_null() && r["version_observed"] == false,
+                    format!("a quick check observed version {}", r["remote_version"]),
+                );
+                want(
+                    r["latency_us"].as_u64().is_some_and(|us| us > 0),
+                    format!("handshake latency {}", r["latency_us"]),
+                );
+                want(
+                    duration_ms.is_some_and(|d| d < 1000),
+                    format!("quick Online took duration_ms {duration_ms:?}"),
+                );
+                return problems;
+            }
+            want(
+                r["check_kind"] == "full" && r["latency_kind"] == "rtt",
+                format!(
+                    "check_kind {} latency_kind {}",
+                    r["check_kind"], r["latency_kind"]
+                ),
             );
             want(
                 r["remote_version"]
@@ -323,43 +376,45 @@ fn config26(network: &str, secret: &str, hostname: &str, protocols: &[&str]) -> 
 fn matrix_against_easytier_2_0_3() {
     require_private_netns();
     let node = AllTransportsNode::start("interop-203", "secret-203", "node-203");
-    let mut cells = Cells::new("matrix-203");
-    run_matrix(
-        &mut cells,
-        "2.0.3",
-        |p| node.uri(p),
-        "interop-203",
-        "secret-203",
-        "node-203",
-        easytier::VERSION,
-    );
-    // A member check of a network the node does not have: the node serves
-    // the probe as a public relay instead.
-    cells.run(
-        "2.0.3 tcp member of another network",
-        &node.uri("tcp"),
-        Join::Member {
-            network: "not-interop-203",
-            secret: "secret-203",
-        },
-        Expect::Offline {
-            kind: "role_mismatch",
-            fast: false,
-        },
-    );
-    // The reverse: a relay check of a node whose own network is the probe's
-    // guest network with an empty secret joins it as a member.
-    let open = TargetNode::start(&probe_guest_network(), "", "open-203");
-    cells.run(
-        "2.0.3 tcp relay to a node of the guest network with an empty secret",
-        &open.tcp_uri(),
-        Join::Relay,
-        Expect::Offline {
-            kind: "role_mismatch",
-            fast: false,
-        },
-    );
-    cells.finish("2.0.3 node");
+    for quick in KINDS {
+        let mut cells = Cells::new("matrix-203", quick);
+        run_matrix(
+            &mut cells,
+            "2.0.3",
+            |p| node.uri(p),
+            "interop-203",
+            "secret-203",
+            "node-203",
+            easytier::VERSION,
+        );
+        // A member check of a network the node does not have: the node serves
+        // the probe as a public relay instead.
+        cells.run(
+            "2.0.3 tcp member of another network",
+            &node.uri("tcp"),
+            Join::Member {
+                network: "not-interop-203",
+                secret: "secret-203",
+            },
+            Expect::Offline {
+                kind: "role_mismatch",
+                fast: false,
+            },
+        );
+        // The reverse: a relay check of a node whose own network is the probe's
+        // guest network with an empty secret joins it as a member.
+        let open = TargetNode::start(&probe_guest_network(), "", "open-203");
+        cells.run(
+            "2.0.3 tcp relay to a node of the guest network with an empty secret",
+            &open.tcp_uri(),
+            Join::Relay,
+            Expect::Offline {
+                kind: "role_mismatch",
+                fast: false,
+            },
+        );
+        cells.finish("2.0.3 node");
+    }
 }
 
 #[test]
@@ -371,17 +426,19 @@ fn matrix_against_easytier_2_6() {
         "2.6 node version {}",
         node.version
     );
-    let mut cells = Cells::new("matrix-26");
-    run_matrix(
-        &mut cells,
-        "2.6",
-        |p| node.uri(p),
-        "interop-26",
-        "secret-26",
-        "node-26",
-        "2.6.",
-    );
-    cells.finish("2.6 matrix");
+    for quick in KINDS {
+        let mut cells = Cells::new("matrix-26", quick);
+        run_matrix(
+            &mut cells,
+            "2.6",
+            |p| node.uri(p),
+            "interop-26",
+            "secret-26",
+            "node-26",
+            "2.6.",
+        );
+        cells.finish("2.6 matrix");
+    }
 }
 
 #[test]
@@ -390,33 +447,35 @@ fn private_mode_2_6_node_does_not_relay() {
     let mut config = config26("private-26", "secret-p26", "private-26", &["tcp", "udp"]);
     config["private_mode"] = json!(true);
     let node = Node26::start(config);
-    let mut cells = Cells::new("private-26");
-    for proto in ["tcp", "udp"] {
+    for quick in KINDS {
+        let mut cells = Cells::new("private-26", quick);
+        for proto in ["tcp", "udp"] {
+            cells.run(
+                &format!("2.6 private_mode {proto} relay"),
+                &node.uri(proto),
+                Join::Relay,
+                Expect::Offline {
+                    kind: "not_relayed",
+                    fast: true,
+                },
+            );
+        }
+        // Private mode keeps serving the node's own network.
         cells.run(
-            &format!("2.6 private_mode {proto} relay"),
-            &node.uri(proto),
-            Join::Relay,
-            Expect::Offline {
-                kind: "not_relayed",
-                fast: true,
+            "2.6 private_mode tcp member",
+            &node.uri("tcp"),
+            Join::Member {
+                network: "private-26",
+                secret: "secret-p26",
+            },
+            Expect::Online {
+                role: "member",
+                version: "2.6.",
+                hostname: "private-26",
             },
         );
+        cells.finish("2.6 private mode");
     }
-    // Private mode keeps serving the node's own network.
-    cells.run(
-        "2.6 private_mode tcp member",
-        &node.uri("tcp"),
-        Join::Member {
-            network: "private-26",
-            secret: "secret-p26",
-        },
-        Expect::Online {
-            role: "member",
-            version: "2.6.",
-            hostname: "private-26",
-        },
-    );
-    cells.finish("2.6 private mode");
 }
 
 #[test]
@@ -429,29 +488,31 @@ fn relay_whitelist_2_6_node_relays_only_listed_networks() {
     let mut config = config26("wl2-26", "secret-wl226", "wl2-26", &["tcp", "ws"]);
     config["relay_network_whitelist"] = json!("listed-guest easytier-probe-*");
     let listed = Node26::start(config);
-    let mut cells = Cells::new("whitelist-26");
-    for proto in ["tcp", "ws"] {
-        cells.run(
-            &format!("2.6 whitelist without the probe, {proto} relay"),
-            &unlisted.uri(proto),
-            Join::Relay,
-            Expect::Offline {
-                kind: "not_relayed",
-                fast: true,
-            },
-        );
-        cells.run(
-            &format!("2.6 whitelist with easytier-probe-*, {proto} relay"),
-            &listed.uri(proto),
-            Join::Relay,
-            Expect::Online {
-                role: "public_server",
-                version: "2.6.",
-                hostname: "wl2-26",
-            },
-        );
+    for quick in KINDS {
+        let mut cells = Cells::new("whitelist-26", quick);
+        for proto in ["tcp", "ws"] {
+            cells.run(
+                &format!("2.6 whitelist without the probe, {proto} relay"),
+                &unlisted.uri(proto),
+                Join::Relay,
+                Expect::Offline {
+                    kind: "not_relayed",
+                    fast: true,
+                },
+            );
+            cells.run(
+                &format!("2.6 whitelist with easytier-probe-*, {proto} relay"),
+                &listed.uri(proto),
+                Join::Relay,
+                Expect::Online {
+                    role: "public_server",
+                    version: "2.6.",
+                    hostname: "wl2-26",
+                },
+            );
+        }
+        cells.finish("2.6 relay whitelist");
     }
-    cells.finish("2.6 relay whitelist");
 }
 
 #[test]
@@ -463,34 +524,40 @@ fn wrong_secret_and_closed_port_on_2_6_node() {
         "secret-26",
         &["tcp", "udp"],
     ));
-    let mut cells = Cells::new("secret-26");
-    for proto in ["tcp", "udp"] {
-        cells.run(
-            &format!("2.6 {proto} member with wrong secret"),
-            &node.uri(proto),
-            Join::Member {
-                network: "secret-net-26",
-                secret: "wrong-secret-26",
-            },
-            Expect::Offline {
-                kind: "rejected",
-                fast: false,
-            },
-        );
+    for quick in KINDS {
+        let mut cells = Cells::new("secret-26", quick);
+        for proto in ["tcp", "udp"] {
+            cells.run(
+                &format!("2.6 {proto} member with wrong secret"),
+                &node.uri(proto),
+                Join::Member {
+                    network: "secret-net-26",
+                    secret: "wrong-secret-26",
+                },
+                Expect::Offline {
+                    kind: "rejected",
+                    fast: false,
+                },
+            );
+        }
+        cells.finish("2.6 wrong secret");
     }
     // The node stops: its tcp port now refuses connections.
     let tcp = node.uri("tcp");
     node.stop();
-    cells.run(
-        "2.6 tcp relay after the node stopped",
-        &tcp,
-        Join::Relay,
-        Expect::Offline {
-            kind: "refused",
-            fast: true,
-        },
-    );
-    cells.finish("2.6 wrong secret and closed port");
+    for quick in KINDS {
+        let mut cells = Cells::new("closed-26", quick);
+        cells.run(
+            "2.6 tcp relay after the node stopped",
+            &tcp,
+            Join::Relay,
+            Expect::Offline {
+                kind: "refused",
+                fast: true,
+            },
+        );
+        cells.finish("2.6 closed port");
+    }
 }
 
 #[test]
@@ -501,27 +568,29 @@ fn role_mismatch_against_2_6_node() {
     // secret: 2.6 lets the guest in as a member of that network. (With a
     // non-empty secret the same guest is rejected instead.)
     let open = Node26::start(config26(&probe_guest_network(), "", "open-26", &["tcp"]));
-    let mut cells = Cells::new("role-26");
-    cells.run(
-        "2.6 tcp member of a network the node does not have",
-        &node.uri("tcp"),
-        Join::Member {
-            network: "not-own-26",
-            secret: "own-secret-26",
-        },
-        Expect::Offline {
-            kind: "role_mismatch",
-            fast: false,
-        },
-    );
-    cells.run(
-        "2.6 tcp relay to a node of the guest network with an empty secret",
-        &open.uri("tcp"),
-        Join::Relay,
-        Expect::Offline {
-            kind: "role_mismatch",
-            fast: false,
-        },
-    );
-    cells.finish("2.6 role mismatch");
+    for quick in KINDS {
+        let mut cells = Cells::new("role-26", quick);
+        cells.run(
+            "2.6 tcp member of a network the node does not have",
+            &node.uri("tcp"),
+            Join::Member {
+                network: "not-own-26",
+                secret: "own-secret-26",
+            },
+            Expect::Offline {
+                kind: "role_mismatch",
+                fast: false,
+            },
+        );
+        cells.run(
+            "2.6 tcp relay to a node of the guest network with an empty secret",
+            &open.uri("tcp"),
+            Join::Relay,
+            Expect::Offline {
+                kind: "role_mismatch",
+                fast: false,
+            },
+        );
+        cells.finish("2.6 role mismatch");
+    }
 }

@@ -306,3 +306,130 @@ fn lines_carry_their_syslog_priority_when_stderr_is_the_journal() {
         "every line has a priority: {text}"
     );
 }
+
+/// (check_kind, status, remote_version, version_observed) of a peer's results.
+fn kinds(db: &Path, peer: i64) -> Vec<(String, String, Option<String>, bool)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT check_kind, status, remote_version, version_observed
+             FROM results WHERE peer_id = ?1 ORDER BY seq",
+        )
+        .unwrap();
+    stmt.query_map([peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn quick_checks_follow_a_full_one_and_carry_its_version() {
+    require_private_netns();
+    let node = TargetNode::start("quick-net", "quick-secret", "quick-node");
+    let dir = temp_dir("quick-daemon");
+    let peers_file = dir.join("peers.json");
+    let back_later = free_port();
+    std::fs::write(
+        &peers_file,
+        json!([
+            peer_json(
+                1,
+                "member",
+                "127.0.0.1",
+                node.tcp_port,
+                "tcp",
+                "quick-net",
+                Some("quick-secret")
+            ),
+            peer_json(2, "relay-udp", "127.0.0.1", node.udp_port, "udp", "", None),
+            peer_json(3, "back-later", "127.0.0.1", back_later, "tcp", "", None),
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let child = daemon(&dir, &peers_file, &log, &[]);
+    let db = dir.join("probe.db");
+    // Peer 3 is Offline first (confirmed), then its node comes up.
+    wait_for("peer 3 Offline", Duration::from_secs(20), || {
+        (db.exists() && !results(&db, 3).is_empty()).then_some(())
+    });
+    let _late = node_on(back_later);
+    wait_for(
+        "three results for peers 1 and 2, two Online ones for peer 3",
+        Duration::from_secs(40),
+        || {
+            let online3 = kinds(&db, 3).iter().filter(|k| k.1 == "Online").count();
+            (kinds(&db, 1).len() >= 3 && kinds(&db, 2).len() >= 3 && online3 >= 2).then_some(())
+        },
+    );
+    stop(child);
+    let member = kinds(&db, 1);
+    let version = Some(easytier::VERSION.to_string());
+    assert_eq!(
+        member[0],
+        (
+            "full".to_string(),
+            "Online".to_string(),
+            version.clone(),
+            true
+        ),
+        "no version known yet: a full check first"
+    );
+    for later in &member[1..] {
+        assert_eq!(
+            later,
+            &(
+                "quick".to_string(),
+                "Online".to_string(),
+                version.clone(),
+                false
+            ),
+            "then quick checks carrying the version: {member:?}"
+        );
+    }
+    // A udp relay is always checked fully.
+    assert!(
+        kinds(&db, 2).iter().all(|k| k.0 == "full" && k.3),
+        "{:?}",
+        kinds(&db, 2)
+    );
+    // Back from Offline: a full check, then quick ones.
+    let back = kinds(&db, 3);
+    let first_online = back.iter().position(|k| k.1 == "Online").unwrap();
+    assert_eq!(back[first_online].0, "full", "{back:?}");
+    assert!(back[first_online].3, "{back:?}");
+    assert_eq!(back[first_online + 1].0, "quick", "{back:?}");
+}
+
+#[test]
+fn a_version_refresh_of_zero_makes_every_check_full() {
+    require_private_netns();
+    let node = TargetNode::start("full-net", "full-secret", "full-node");
+    let dir = temp_dir("all-full");
+    let peers_file = dir.join("peers.json");
+    std::fs::write(
+        &peers_file,
+        json!([peer_json(
+            1,
+            "member",
+            "127.0.0.1",
+            node.tcp_port,
+            "tcp",
+            "full-net",
+            Some("full-secret")
+        )])
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let child = daemon(&dir, &peers_file, &log, &[("VERSION_REFRESH", "0".into())]);
+    let db = dir.join("probe.db");
+    wait_for("three results", Duration::from_secs(30), || {
+        (db.exists() && kinds(&db, 1).len() >= 3).then_some(())
+    });
+    stop(child);
+    assert!(kinds(&db, 1).iter().all(|k| k.0 == "full" && k.3));
+}

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::peer::{Peer, Role};
 
+pub mod closed_conns;
 mod resolve;
 mod verdict;
 
@@ -30,6 +31,33 @@ pub struct CheckOptions {
     /// Host name the probe announces to the peers it checks.
     pub hostname: String,
 }
+
+/// How far a check goes before an Online verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// Until EasyTier's route table shows the node (about a second: its
+    /// once-a-second refresh): round-trip latency, version and host name.
+    Full,
+    /// Until the handshake has held for `QUICK_GRACE`: the latency is the
+    /// handshake's; version and host name are not observed.
+    Quick,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Full => "full",
+            CheckKind::Quick => "quick",
+        }
+    }
+}
+
+/// How long a completed handshake must hold before a quick check calls the
+/// node Online. A node that drops the guest (2.6 private mode, relay
+/// whitelist) closes within a few milliseconds of its answer; the grace is
+/// that with a wide margin (BENCHMARKS.md).
+pub const QUICK_GRACE: Duration = Duration::from_millis(150);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Status {
@@ -52,12 +80,19 @@ pub struct CheckResult {
     pub peer_id: i64,
     pub uri: String,
     pub status: Status,
-    /// Smallest measured round-trip of the connection, in microseconds.
+    /// Full check: smallest measured round-trip of the connection; quick
+    /// check: the handshake's time (dial to handshake); microseconds.
     pub latency_us: Option<u64>,
+    /// `rtt` or `handshake`: which latency `latency_us` is.
+    pub latency_kind: Option<&'static str>,
     /// `latency_us` rounded up to whole milliseconds (the backend's unit).
     pub response_time: Option<u64>,
     pub remote_version: Option<String>,
     pub remote_hostname: Option<String>,
+    /// True when version and host name were observed by this check; false
+    /// when a quick check carries over those of the last full one.
+    pub version_observed: bool,
+    pub check_kind: CheckKind,
     pub role: &'static str,
     /// Why the peer is Offline, in plain words. Never contains a secret.
     pub error: Option<String>,
@@ -78,10 +113,33 @@ pub fn latency_text(latency_us: u64) -> String {
 
 static INSTANCE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Checks one peer and blocks until there is a verdict: Online as soon as the
-/// peer is seen connected in the expected role, Offline as soon as a definitive
-/// failure is reported, or Offline when `timeout` runs out.
+/// Whether a quick check can be trusted for this peer. A node that drops a
+/// guest it does not relay (2.6 private mode, relay whitelist) closes a tcp,
+/// ws or wss connection right after its handshake answer, which the probe
+/// sees at once; over udp the drop shows only as a route that never comes
+/// (measured against 2.6.4), so a udp (or quic) relay gets a full check.
+/// A member's handshake completes only with the right network secret, on
+/// every transport.
+pub fn quick_applies(peer: &Peer) -> bool {
+    use crate::peer::Protocol;
+    peer.role() == Role::Member
+        || matches!(peer.protocol, Protocol::Tcp | Protocol::Ws | Protocol::Wss)
+}
+
+/// A full check (see `CheckKind`).
 pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
+    check_as(peer, opts, CheckKind::Full)
+}
+
+/// Checks one peer and blocks until there is a verdict: Online as soon as the
+/// peer is seen connected in the expected role (at the handshake for a quick
+/// check, in the route table for a full one), Offline as soon as a definitive
+/// failure is reported, or Offline when `timeout` runs out.
+pub fn check_as(peer: &Peer, opts: &CheckOptions, kind: CheckKind) -> CheckResult {
+    let kind = match kind {
+        CheckKind::Quick if !quick_applies(peer) => CheckKind::Full,
+        kind => kind,
+    };
     let started = Instant::now();
     let checked_at_ms = clock::now_ms();
     let role = peer.role();
@@ -103,7 +161,14 @@ pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
     // The time to the verdict, without the instance's teardown.
     let (verdict, elapsed) = match resolve::resolve(peer, started + opts.timeout) {
         Ok(families) => match build_config(peer, opts) {
-            Ok(config) => run_instance(config, &expected, &families, started, opts.timeout),
+            Ok(config) => {
+                let until = Until {
+                    kind,
+                    started,
+                    timeout: opts.timeout,
+                };
+                run_instance(config, &expected, &families, &until)
+            }
             Err(error) => (
                 Verdict::offline(ErrorKind::Internal, error),
                 started.elapsed(),
@@ -117,9 +182,15 @@ pub fn check(peer: &Peer, opts: &CheckOptions) -> CheckResult {
         uri: peer.uri(),
         status,
         latency_us: verdict.latency_us,
+        latency_kind: verdict.latency_us.map(|_| match kind {
+            CheckKind::Full => "rtt",
+            CheckKind::Quick => "handshake",
+        }),
         response_time: verdict.latency_us.map(|us| us.div_ceil(1000)),
+        version_observed: verdict.remote_version.is_some(),
         remote_version: verdict.remote_version,
         remote_hostname: verdict.remote_hostname,
+        check_kind: kind,
         role: role.as_str(),
         error_kind: match status {
             Status::Online => None,
@@ -215,14 +286,21 @@ fn build_config(peer: &Peer, opts: &CheckOptions) -> Result<TomlConfigLoader, St
     Ok(config)
 }
 
+/// When a check may stop: its kind, its start and its timeout.
+struct Until {
+    kind: CheckKind,
+    started: Instant,
+    timeout: Duration,
+}
+
 fn run_instance(
     config: TomlConfigLoader,
     expected: &Expectation,
     families: &[&'static str],
-    started: Instant,
-    timeout: Duration,
+    until: &Until,
 ) -> (Verdict, Duration) {
-    let deadline = started + timeout;
+    let started = until.started;
+    let deadline = started + until.timeout;
     let mut instance = NetworkInstance::new(config);
     if let Err(e) = instance.start() {
         let error = format!("could not start the probe's EasyTier instance: {e:#}");
@@ -244,12 +322,18 @@ fn run_instance(
                 );
             }
             view = EventView::read(&info);
-            if let Some(verdict) = view.verdict(expected, families, clock::now_ms()) {
+            let now_us = clock::now_us();
+            if let Some(verdict) = view.verdict(expected, families, now_us) {
                 break verdict;
+            }
+            if until.kind == CheckKind::Quick {
+                if let Some(verdict) = quick_online(&view, now_us) {
+                    break verdict;
+                }
             }
         }
         if Instant::now() >= deadline {
-            break timed_out(&view, timeout);
+            break timed_out(&view, until.timeout);
         }
         std::thread::sleep(POLL_INTERVAL);
     };
@@ -257,6 +341,17 @@ fn run_instance(
     // Dropping the instance stops its runtime and joins its thread.
     drop(instance);
     (verdict, elapsed)
+}
+
+/// A quick check's Online: a handshake in the expected role (checked by
+/// `EventView::verdict` first) that has held for `QUICK_GRACE`.
+fn quick_online(view: &EventView, now_us: i64) -> Option<Verdict> {
+    let handshake = view.live_handshake(now_us)?;
+    (handshake.up_us >= QUICK_GRACE.as_micros() as i64).then(|| Verdict {
+        status: Some(Status::Online),
+        latency_us: handshake.latency_us,
+        ..Verdict::default()
+    })
 }
 
 /// The verdict at the timeout, saying how far the check got.

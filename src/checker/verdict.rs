@@ -181,18 +181,28 @@ pub struct EventView {
     definitive_families: HashSet<String>,
     rejections: usize,
     pub last_failure: Option<Failure>,
-    /// Connections whose handshake completed: conn id -> (time in Unix ms,
+    /// Dial starts, in Unix microseconds.
+    connecting: Vec<i64>,
+    /// Connections whose handshake completed: conn id -> (time in Unix µs,
     /// the network name the node answered with).
     added: HashMap<String, (i64, String)>,
-    /// Connections the node closed after the handshake, with the time.
+    /// Connections the node closed after the handshake, with the time (µs).
     removed: HashMap<String, i64>,
+}
+
+/// A handshake that completed and stayed up.
+pub struct Handshake {
+    /// From the dial's start to the completed handshake.
+    pub latency_us: Option<u64>,
+    /// How long the connection has been up.
+    pub up_us: i64,
 }
 
 impl EventView {
     pub fn read(info: &NetworkInstanceRunningInfo) -> EventView {
         let mut view = EventView::default();
         for (time, event) in &info.events {
-            let at = time.timestamp_millis();
+            let at = time.timestamp_micros();
             match event {
                 GlobalCtxEvent::ConnectError(_, family, message) => {
                     let failure = classify_connect_error(message);
@@ -204,6 +214,7 @@ impl EventView {
                     }
                     view.last_failure = Some(failure);
                 }
+                GlobalCtxEvent::Connecting(_) => view.connecting.push(at),
                 GlobalCtxEvent::PeerConnAdded(conn) => {
                     view.added
                         .insert(conn.conn_id.clone(), (at, conn.network_name.clone()));
@@ -214,6 +225,13 @@ impl EventView {
                 _ => {}
             }
         }
+        // A close that overtook its PeerConnAdded (see `closed_conns`):
+        // closed when it was added.
+        for (id, (added_at, _)) in &view.added {
+            if !view.removed.contains_key(id) && super::closed_conns::is_closed(id) {
+                view.removed.insert(id.clone(), *added_at);
+            }
+        }
         view
     }
 
@@ -222,12 +240,31 @@ impl EventView {
         !self.added.is_empty()
     }
 
-    /// An Offline verdict the events already justify, at `now_ms`.
+    /// The oldest connection still up at `now_us`, if any.
+    pub fn live_handshake(&self, now_us: i64) -> Option<Handshake> {
+        let (_, (added_at, _)) = self
+            .added
+            .iter()
+            .filter(|(id, _)| !self.removed.contains_key(*id))
+            .min_by_key(|(_, (at, _))| *at)?;
+        let dial_start = self
+            .connecting
+            .iter()
+            .copied()
+            .filter(|t| t <= added_at)
+            .max();
+        Some(Handshake {
+            latency_us: dial_start.map(|t| (added_at - t).max(1) as u64),
+            up_us: now_us - added_at,
+        })
+    }
+
+    /// An Offline verdict the events already justify, at `now_us`.
     pub fn verdict(
         &self,
         expected: &Expectation,
         families: &[&str],
-        now_ms: i64,
+        now_us: i64,
     ) -> Option<Verdict> {
         // The handshake says in which role the node took the probe: its
         // answer carries our network name for a member, its own for a guest.
@@ -237,7 +274,7 @@ impl EventView {
                 return Some(role_mismatch(expected));
             }
         }
-        if self.dropped(now_ms) {
+        if self.dropped(now_us) {
             return Some(dropped(expected));
         }
         let failure = self.last_failure.as_ref()?;
@@ -255,18 +292,18 @@ impl EventView {
     /// The node completed a handshake and then closed every connection, or
     /// never routed the probe after it. Called only while there is no
     /// Online verdict, that is no route to the node.
-    fn dropped(&self, now_ms: i64) -> bool {
+    fn dropped(&self, now_us: i64) -> bool {
         let Some(first_added) = self.added.values().map(|(t, _)| *t).min() else {
             return false;
         };
         let all_closed = self.added.keys().all(|id| self.removed.contains_key(id));
         if all_closed {
-            let last_close = self.removed.values().copied().max().unwrap_or(now_ms);
-            if now_ms - last_close >= DROP_GRACE_MS {
+            let last_close = self.removed.values().copied().max().unwrap_or(now_us);
+            if now_us - last_close >= DROP_GRACE_MS * 1000 {
                 return true;
             }
         }
-        now_ms - first_added >= HANDSHAKE_WITHOUT_ROUTE_MS
+        now_us - first_added >= HANDSHAKE_WITHOUT_ROUTE_MS * 1000
     }
 }
 

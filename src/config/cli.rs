@@ -38,6 +38,10 @@ pub struct Cli {
     #[argh(option)]
     pub confirm_offline: Option<String>,
 
+    /// seconds between full checks (which see the version) of a peer that stays Online; quick checks in between; 0: every check is full [env VERSION_REFRESH, default 3600]
+    #[argh(option)]
+    pub version_refresh: Option<String>,
+
     /// path of the SQLite database [env DATABASE_PATH, default $STATE_DIRECTORY/probe.db or ./easytier-probe.db]
     #[argh(option)]
     pub db: Option<PathBuf>,
@@ -137,6 +141,10 @@ pub struct CheckArgs {
     #[argh(switch)]
     pub json: bool,
 
+    /// a quick check: Online at the handshake (latency is the handshake's; no version or host name); a udp relay gets a full one
+    #[argh(switch)]
+    pub quick: bool,
+
     /// allow a quic check (only correct against EasyTier 2.0.x nodes)
     #[argh(switch)]
     pub allow_quic: bool,
@@ -146,10 +154,6 @@ pub struct CheckArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
-    /// checks that confirm a failure of a peer last seen Online before it is recorded Offline, 2 s apart; 0 disables [env CONFIRM_OFFLINE, default 1]
-    #[argh(option)]
-    pub confirm_offline: Option<String>,
-
     /// path of the SQLite database [env DATABASE_PATH]
     #[argh(option)]
     pub db: Option<PathBuf>,

@@ -58,6 +58,8 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// Checks that confirm a failure before Offline is recorded.
     pub confirm_offline: u32,
+    /// Longest time between two full checks of a peer; zero: all full.
+    pub version_refresh: Duration,
     pub db_path: PathBuf,
     pub retention_days: u32,
     pub network_name: Option<String>,
@@ -86,6 +88,8 @@ pub struct CheckConfig {
     pub peer: Peer,
     pub timeout: Duration,
     pub json: bool,
+    /// A quick check instead of a full one.
+    pub quick: bool,
     pub allow_quic: bool,
 }
 
@@ -207,6 +211,7 @@ fn check_config(args: CheckArgs) -> Result<CheckConfig> {
         peer,
         timeout: secs(timeout),
         json: args.json,
+        quick: args.quick,
         allow_quic: args.allow_quic,
     })
 }
@@ -217,6 +222,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
     let check_timeout = CHECK_TIMEOUT.read(cli.check_timeout.take(), env)?;
     let workers = WORKERS.read(cli.workers.take(), env)? as usize;
     let confirm_offline = CONFIRM_OFFLINE.read(cli.confirm_offline.take(), env)? as u32;
+    let version_refresh = VERSION_REFRESH.read(cli.version_refresh.take(), env)?;
     let retention_days = RETENTION_DAYS.read(cli.retention_days.take(), env)? as u32;
     let stop_budget = STOP_BUDGET_SECS.read(None, env)?;
     let recycle_after_checks = RECYCLE_AFTER_CHECKS.read(None, env)?;
@@ -268,6 +274,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
         check_timeout: secs(check_timeout),
         workers,
         confirm_offline,
+        version_refresh: secs(version_refresh),
         db_path: env::db_path(cli.db, env),
         retention_days,
         network_name,

@@ -51,6 +51,15 @@ pub const CONFIRM_OFFLINE: Number = Number {
     min: 0,
     max: 5,
 };
+/// Seconds between two full checks of a peer that stays Online; quick
+/// checks in between carry the version over. 0: every check is full.
+pub const VERSION_REFRESH: Number = Number {
+    flag: Some("version-refresh"),
+    var: "VERSION_REFRESH",
+    default: 3_600,
+    min: 0,
+    max: 604_800,
+};
 pub const RETENTION_DAYS: Number = Number {
     flag: Some("retention-days"),
     var: "RETENTION_DAYS",
@@ -115,6 +124,7 @@ pub const ALL: &[&Number] = &[
     &CHECK_TIMEOUT,
     &WORKERS,
     &CONFIRM_OFFLINE,
+    &VERSION_REFRESH,
     &RETENTION_DAYS,
     &PEER_FETCH_INTERVAL,
     &STATUS_REPORT_INTERVAL,

@@ -14,7 +14,7 @@ use crate::checker::Status;
 use crate::config::DaemonConfig;
 use crate::fetcher::PeerUpdate;
 use crate::peer::Peer;
-use crate::pool::{Finished, Job};
+use crate::pool::{Finished, Job, Observed, Plan};
 use crate::schedule::Schedule;
 use crate::sdnotify::Notifier;
 use crate::store::StoreMsg;
@@ -100,6 +100,9 @@ pub struct MainLoop {
     pub store: Sender<StoreMsg>,
     pub allow_quic: bool,
     confirm_offline: u32,
+    version_refresh: Duration,
+    /// What the last full check of each Online peer saw, and when.
+    pub observed: HashMap<i64, (Observed, Instant)>,
     /// Peers not checked (unsupported transport), to warn once per change.
     pub skipped: HashSet<i64>,
     pub last_status: HashMap<i64, Status>,
@@ -120,6 +123,8 @@ impl MainLoop {
             store,
             allow_quic: config.allow_quic,
             confirm_offline: config.confirm_offline,
+            version_refresh: config.version_refresh,
+            observed: HashMap::new(),
             skipped: HashSet::new(),
             last_status: HashMap::new(),
             peers_source: peers::source_key(config),
@@ -221,6 +226,7 @@ impl MainLoop {
                 peer: peer.clone(),
                 cancelled: cancelled.clone(),
                 confirm,
+                plan: self.plan(id, now),
             };
             if !threads.pool.try_submit(job) {
                 return MAX_IDLE;
@@ -235,10 +241,32 @@ impl MainLoop {
             .min(MAX_IDLE)
     }
 
+    /// Quick, carrying the version over, while the peer stays Online and
+    /// its last full check is recent; full for a peer without one, one
+    /// that was Offline (it may come back with another version), or one
+    /// whose version is older than `--version-refresh`.
+    fn plan(&self, id: i64, now: Instant) -> Plan {
+        let quick = self
+            .schedule
+            .peer(id)
+            .is_some_and(crate::checker::quick_applies);
+        match (self.last_status.get(&id), self.observed.get(&id)) {
+            (Some(Status::Online), Some((observed, at)))
+                if quick && now.saturating_duration_since(*at) < self.version_refresh =>
+            {
+                Plan::Quick(observed.clone())
+            }
+            _ => Plan::Full,
+        }
+    }
+
     pub fn finished(&mut self, f: Finished) {
         self.schedule.finished(f.peer_id);
         let job = self.jobs.remove(&f.peer_id);
         let Some(status) = f.status else { return };
+        if let Some(observed) = f.observed {
+            self.observed.insert(f.peer_id, (observed, Instant::now()));
+        }
         self.checks_done += 1;
         match status {
             Status::Online => self.cycle.online += 1,

@@ -116,9 +116,17 @@ impl MainLoop {
                 log::error!("the store writer is gone; the new peer list is not saved");
             }
         }
+        // A peer whose address or network changed may be another node:
+        // its next check is full.
+        for peer in &checkable {
+            if self.schedule.peer(peer.id).is_some_and(|p| p != peer) {
+                self.observed.remove(&peer.id);
+            }
+        }
         let changes = self.schedule.replace(checkable, Instant::now());
         let schedule = &self.schedule;
         self.last_status.retain(|id, _| schedule.contains(*id));
+        self.observed.retain(|id, _| schedule.contains(*id));
         for (id, (peer, cancelled)) in &self.jobs {
             if schedule.peer(*id) != Some(peer) {
                 // A queued job is dropped; one already running finishes.

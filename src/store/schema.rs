@@ -12,6 +12,7 @@ use super::KEY_PROBE_ID;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_error_kind_attempts.sql"),
+    include_str!("../../sql/003_check_kind.sql"),
 ];
 
 /// Opens (creating if needed) the database read-write and brings the schema up to date.

@@ -226,8 +226,8 @@ impl Writer {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO results (peer_id, checked_at_ms, status, response_time_ms,
                     latency_us, remote_version, remote_hostname, role, error, duration_ms, acked,
-                    error_kind, attempts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    error_kind, attempts, check_kind, latency_kind, version_observed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             for msg in msgs {
                 match msg {
@@ -246,6 +246,9 @@ impl Writer {
                             auto_ack,
                             r.error_kind.map(|k| k.as_str()),
                             r.attempts,
+                            r.check_kind.as_str(),
+                            r.latency_kind,
+                            r.version_observed,
                         ])?;
                         inserted += 1;
                     }
