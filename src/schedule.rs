@@ -110,6 +110,23 @@ impl Schedule {
         due.into_iter().map(|e| e.peer.clone()).collect()
     }
 
+    /// Every peer's next due time (for a seamless recycle).
+    pub fn due_times(&self) -> impl Iterator<Item = (i64, Instant)> + '_ {
+        self.entries.iter().map(|(id, e)| (*id, e.next_due))
+    }
+
+    /// Gives known peers the due times a previous image had for them; a
+    /// time more than an interval ahead is not believed.
+    pub fn restore_due(&mut self, due: &HashMap<i64, Instant>, now: Instant) {
+        for (id, entry) in &mut self.entries {
+            if let Some(at) = due.get(id) {
+                if *at <= now + self.interval {
+                    entry.next_due = *at;
+                }
+            }
+        }
+    }
+
     /// Records that the peer's check was handed to a worker.
     pub fn dispatched(&mut self, id: i64, now: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {

@@ -38,7 +38,11 @@ pub struct Threads {
 }
 
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
-    let started = Instant::now();
+    // After a recycle, the previous image's start and schedule.
+    let carried = recycle::take_carried();
+    let started = carried
+        .as_ref()
+        .map_or_else(Instant::now, recycle::Carried::started);
     if let Some(d) = &config.distributed {
         crate::logging::add_secret(d.node_token.expose());
         if let Some(key) = &d.api_key {
@@ -59,6 +63,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let (exit_watch, exits) = crossbeam_channel::unbounded();
     let (mut main, threads, finished, updates) = start(&config, standalone, &exit_watch, started)?;
+    if let Some(carried) = &carried {
+        main.schedule.restore_due(&carried.due(), Instant::now());
+    }
     let notifier = Notifier::new_from_env();
     announce_start(&config, &main, &notifier);
     let mut sources = Sources {
@@ -70,6 +77,13 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         summary: tick(config.check_interval.max(Duration::from_secs(10))),
     };
     let exit = main.run(&config, &threads, &mut sources, &notifier);
+    // Taken before the shutdown, while the schedule is the loop's.
+    let carried_path = match exit {
+        Exit::Recycle => recycle::save(&config.db_path, started, &main.schedule)
+            .map_err(|e| log::warn!("the recycle starts the schedule afresh: {e:#}"))
+            .ok(),
+        _ => None,
+    };
     drop(exit_watch);
     shutdown::shutdown(
         main,
@@ -81,7 +95,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     );
     match exit {
         Exit::Failed(what) => anyhow::bail!("{what} unexpectedly; stopped"),
-        Exit::Recycle => recycle::re_execute_unless_stopped(&signals, &notifier)?,
+        Exit::Recycle => recycle::re_execute_unless_stopped(&signals, &notifier, carried_path)?,
         Exit::Stop => {}
     }
     log::info!("stopped after {}s", started.elapsed().as_secs());
