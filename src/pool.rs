@@ -151,6 +151,13 @@ fn run_job(
     let mut result = check_caught(peer, options, kind)?;
     let mut attempts = 1;
     while result.status == Status::Offline && attempts <= job.confirm {
+        log::debug!(
+            "peer {} ({}): {}; checking again to confirm in {} s",
+            peer.id,
+            result.uri,
+            result.error.as_deref().unwrap_or("failed"),
+            CONFIRM_PAUSE.as_secs()
+        );
         // An unconfirmed failure is no verdict: a stop during the pause
         // records nothing, and the peer is checked again after the restart.
         if let Err(RecvTimeoutError::Disconnected) = stopping.recv_timeout(CONFIRM_PAUSE) {
@@ -159,12 +166,6 @@ fn run_job(
         if abandoned() {
             return None;
         }
-        log::debug!(
-            "peer {} ({}): {}; checking again to confirm",
-            peer.id,
-            result.uri,
-            result.error.as_deref().unwrap_or("failed")
-        );
         // A full check confirms: a second opinion that also sees the
         // version if the node is back.
         result = check_caught(peer, options, CheckKind::Full)?;

@@ -24,6 +24,11 @@ fn node_on(port: u16) -> NetworkInstance {
     config.set_dhcp(false);
     let mut instance = NetworkInstance::new(config);
     instance.start().expect("start the late node");
+    wait_for("the late node to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
     instance
 }
 

@@ -20,7 +20,8 @@ pub const MESSAGE: &str = "notified that peer conn is closed";
 /// Enough for every check running at once, many times over.
 const REMEMBERED: usize = 4_096;
 
-static CLOSED: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+/// Connection ids, each with when the close was logged (Unix µs).
+static CLOSED: Mutex<VecDeque<(String, i64)>> = Mutex::new(VecDeque::new());
 
 /// Takes one of EasyTier's close lines: `... ret=<connection id> ...`.
 pub fn note(message: &str) {
@@ -34,13 +35,17 @@ pub fn note(message: &str) {
     if closed.len() >= REMEMBERED {
         closed.pop_front();
     }
-    closed.push_back(id.trim_matches(['"', ',']).to_ascii_lowercase());
+    let id = id.trim_matches(['"', ',']).to_ascii_lowercase();
+    closed.push_back((id, crate::clock::now_us()));
 }
 
-/// True when EasyTier reported the connection `conn_id` closed.
-pub fn is_closed(conn_id: &str) -> bool {
+/// When EasyTier reported the connection `conn_id` closed (Unix µs), if it did.
+pub fn closed_at(conn_id: &str) -> Option<i64> {
     let closed = CLOSED.lock().unwrap_or_else(|e| e.into_inner());
-    closed.iter().any(|id| id.eq_ignore_ascii_case(conn_id))
+    closed
+        .iter()
+        .find(|(id, _)| id.eq_ignore_ascii_case(conn_id))
+        .map(|(_, at)| *at)
 }
 
 #[cfg(test)]
@@ -50,8 +55,8 @@ mod tests {
     #[test]
     fn takes_the_connection_id_from_the_close_line() {
         note("notified that peer conn is closed peer_node_id=3412 ret=6f9619ff-8b86-d011-b42d-00c04fc964ff");
-        assert!(is_closed("6f9619ff-8b86-d011-b42d-00c04fc964ff"));
-        assert!(!is_closed("00000000-8b86-d011-b42d-00c04fc964ff"));
+        assert!(closed_at("6f9619ff-8b86-d011-b42d-00c04fc964ff").is_some());
+        assert!(closed_at("00000000-8b86-d011-b42d-00c04fc964ff").is_none());
         note("notified that peer conn is closed without an id");
     }
 }

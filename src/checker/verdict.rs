@@ -225,11 +225,12 @@ impl EventView {
                 _ => {}
             }
         }
-        // A close that overtook its PeerConnAdded (see `closed_conns`):
-        // closed when it was added.
-        for (id, (added_at, _)) in &view.added {
-            if !view.removed.contains_key(id) && super::closed_conns::is_closed(id) {
-                view.removed.insert(id.clone(), *added_at);
+        // A close that overtook its PeerConnAdded (see `closed_conns`).
+        for id in view.added.keys() {
+            if !view.removed.contains_key(id) {
+                if let Some(at) = super::closed_conns::closed_at(id) {
+                    view.removed.insert(id.clone(), at);
+                }
             }
         }
         view
@@ -275,6 +276,14 @@ impl EventView {
             }
         }
         if self.dropped(now_us) {
+            for (id, (added_at, _)) in &self.added {
+                if let Some(closed_at) = self.removed.get(id) {
+                    log::debug!(
+                        "connection {id} closed {} µs after its handshake",
+                        closed_at - added_at
+                    );
+                }
+            }
             return Some(dropped(expected));
         }
         let failure = self.last_failure.as_ref()?;
