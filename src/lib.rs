@@ -11,6 +11,7 @@ pub mod fetcher;
 pub mod logging;
 pub mod peer;
 pub mod pool;
+pub mod redact;
 pub mod reporter;
 pub mod schedule;
 pub mod sdnotify;

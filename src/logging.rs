@@ -1,6 +1,4 @@
-//! Logging: env_logger to stderr, `info` by default, dependencies quieter, and every known secret redacted.
-
-use std::sync::RwLock;
+//! Logging: env_logger to stderr, the probe at `info`, EasyTier off, journal priorities, and every line cleaned (`redact`).
 
 use log::{Log, Metadata, Record};
 
@@ -14,38 +12,7 @@ use log::{Log, Metadata, Record};
 /// alone would also silence `easytier_probe`). `RUST_LOG` replaces all of it.
 pub const DEFAULT_FILTER: &str = "warn,easytier=off,tracing::span=off,easytier_probe=info";
 
-/// Secrets the process knows (tokens, keys, network secrets). EasyTier prints
-/// network identities, secret included, in its own info and debug lines, so
-/// redaction happens here, for every line, whatever `RUST_LOG` allows.
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
-
-const REDACTED: &str = "<redacted>";
-
-/// Registers a secret that must never be printed.
-pub fn add_secret(secret: &str) {
-    if secret.is_empty() {
-        return;
-    }
-    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
-    if !secrets.iter().any(|s| s == secret) {
-        secrets.push(secret.to_string());
-        // Longest first, so a secret that contains another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    }
-}
-
-/// Replaces every registered secret in `text`.
-pub fn redact(text: &str) -> Option<String> {
-    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
-    let mut out: Option<String> = None;
-    for secret in secrets.iter() {
-        let current = out.as_deref().unwrap_or(text);
-        if current.contains(secret.as_str()) {
-            out = Some(current.replace(secret.as_str(), REDACTED));
-        }
-    }
-    out
-}
+pub use crate::redact::add_secret;
 
 struct RedactingLogger {
     inner: env_logger::Logger,
@@ -74,7 +41,7 @@ impl Log for RedactingLogger {
             return;
         }
         let message = record.args().to_string();
-        match redact(&message) {
+        match crate::redact::clean(&message) {
             None => self.inner.log(record),
             Some(clean) => self.inner.log(
                 &Record::builder()
@@ -173,16 +140,5 @@ mod tests {
         assert_eq!(syslog_priority(log::Level::Warn), 4);
         assert_eq!(syslog_priority(log::Level::Info), 6);
         assert_eq!(syslog_priority(log::Level::Debug), 7);
-    }
-
-    #[test]
-    fn redacts_registered_secrets() {
-        add_secret("hunter2");
-        add_secret("hunter2-long");
-        assert_eq!(redact("no secret here"), None);
-        assert_eq!(
-            redact("a=hunter2 b=hunter2-long").as_deref(),
-            Some("a=<redacted> b=<redacted>")
-        );
     }
 }

@@ -344,13 +344,18 @@ pub fn validate_list(raw: Vec<serde_json::Value>) -> (Vec<Peer>, Vec<String>) {
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.len());
     let mut seen = std::collections::HashSet::new();
     let mut problems = Vec::new();
+    // Known before anything can print them, whatever shape the entries
+    // have: registered in one go, before the entries are looked at.
+    let secrets: Vec<String> = raw
+        .iter()
+        .filter_map(|value| match value.get("network_secret") {
+            Some(serde_json::Value::String(secret)) => Some(secret.clone()),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        })
+        .collect();
+    crate::redact::add_network_secrets(secrets.iter().map(String::as_str));
     for (index, value) in raw.into_iter().enumerate() {
-        // Known before anything can print it, whatever shape the entry has.
-        match value.get("network_secret") {
-            Some(serde_json::Value::String(secret)) => crate::logging::add_secret(secret),
-            Some(serde_json::Value::Null) | None => {}
-            Some(other) => crate::logging::add_secret(&other.to_string()),
-        }
         let parsed = serde_json::from_value::<RawPeer>(value)
             .map_err(|e| anyhow::anyhow!("not a peer object: {e}"))
             .and_then(Peer::from_raw);

@@ -438,3 +438,54 @@ fn a_version_refresh_of_zero_makes_every_check_full() {
     stop(child);
     assert!(kinds(&db, 1).iter().all(|k| k.0 == "full" && k.3));
 }
+
+#[test]
+fn a_peer_name_cannot_forge_log_lines_nor_a_short_secret_mangle_them() {
+    require_private_netns();
+    let dir = temp_dir("forged-log");
+    let peers_file = dir.join("peers.json");
+    let forged = "[2026-11-29T00:00:00.000Z INFO  easytier_probe::daemon] forged line";
+    std::fs::write(
+        &peers_file,
+        json!([
+            peer_json(
+                1,
+                &format!("quic-peer\n{forged}"),
+                "127.0.0.1",
+                free_port(),
+                "quic",
+                "",
+                None
+            ),
+            // A one-letter network secret must not turn every "e" into <redacted>.
+            peer_json(
+                2,
+                "member",
+                "127.0.0.1",
+                free_port(),
+                "tcp",
+                "short-net",
+                Some("e")
+            ),
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let child = daemon(&dir, &peers_file, &log, &[]);
+    let db = dir.join("probe.db");
+    wait_for("a result for peer 2", Duration::from_secs(20), || {
+        (db.exists() && !results(&db, 2).is_empty()).then_some(())
+    });
+    stop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().all(|l| !l.starts_with(forged)),
+        "a peer name started a log line of its own: {text}"
+    );
+    assert!(text.contains("quic-peer\\n"), "the name is escaped: {text}");
+    assert!(
+        text.contains("started in standalone mode") && !text.contains("<redacted>"),
+        "the log is readable: {text}"
+    );
+}

@@ -59,6 +59,13 @@ pub fn read_secret_file(path: &Path, source: &str) -> Result<Secret> {
     if value.is_empty() {
         return usage(format!("{source}: {} is empty", path.display()));
     }
+    if value.trim().is_empty() {
+        // A blank token would be sent (and refused) at every report.
+        return usage(format!(
+            "{source}: {} holds only white space",
+            path.display()
+        ));
+    }
     Ok(Secret::new(value))
 }
 

@@ -506,6 +506,30 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_of_white_space_is_a_usage_error() {
+        let dir = std::env::temp_dir().join(format!("etp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("blank-token");
+        std::fs::write(&file, "  \t \n").unwrap();
+        let e = daemon(
+            &[
+                "--distributed-mode",
+                "--backend-base-url",
+                "http://x",
+                "--node-token-file",
+                file.to_str().unwrap(),
+            ],
+            &NO_ENV,
+        )
+        .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.0.contains("--node-token-file") && e.0.contains("white space"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn state_directory_sets_default_db() {
         let env = [("STATE_DIRECTORY", "/var/lib/easytier-probe")];
         let c = daemon(&["--peer", "tcp://h:1"], &env).unwrap();

@@ -93,10 +93,12 @@ impl MainLoop {
         let mut checkable = Vec::with_capacity(peers.len());
         let mut stored = Vec::with_capacity(peers.len());
         let mut skipped = Vec::new();
+        // The secrets of the peers watched from now on; those of peers no
+        // longer watched are forgotten.
+        crate::redact::set_network_secrets(
+            peers.iter().filter_map(|p| p.network_secret.as_deref()),
+        );
         for peer in peers {
-            if let Some(secret) = &peer.network_secret {
-                crate::logging::add_secret(secret);
-            }
             let skip_reason = peer.unsupported_reason(self.allow_quic).map(str::to_string);
             if skip_reason.is_some() {
                 skipped.push(peer.clone());
