@@ -11,9 +11,10 @@ ARGS ?=
 UNSHARE := $(if $(filter 0,$(shell id -u)),unshare --net,unshare --net --map-root-user)
 IN_NETNS := $(UNSHARE) sh -c 'ip link set lo up && exec "$$@"' netns
 
-.PHONY: help deps build run test lint fmt bench bench-scale deb clean
+.PHONY: help deps build run demo test lint fmt bench bench-scale deb clean
 
 help:
+	@echo "make demo            build, start a local EasyTier node in a private netns, check it"
 	@echo "make run ARGS='...'  build and run the probe (e.g. ARGS='check tcp://host:11010')"
 	@echo "make test            the whole test suite (lint, unit, integration) in a private netns"
 	@echo "make bench           per-check and store benchmarks (recorded in BENCHMARKS.md)"
@@ -30,6 +31,12 @@ build: deps
 run: build
 	./target/release/easytier-probe $(ARGS)
 
+# The probe's first run: a real check of a local EasyTier node in a private
+# network namespace (ARGS go to `check`, e.g. ARGS=--json). make reports any
+# failure as status 2; `sh scripts/demo.sh` passes the probe's own through.
+demo:
+	sh scripts/demo.sh $(ARGS)
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
@@ -39,9 +46,11 @@ fmt:
 	$(CARGO) fmt
 
 # Build outside the namespace (cargo may fetch crates), run inside it offline.
+# --no-fail-fast: every test binary runs even when one fails; the last line
+# sums them all ("N passed, N failed"), and the exit status is cargo's.
 test: lint
 	$(CARGO) test --locked --no-run
-	$(IN_NETNS) $(CARGO) test --locked --offline
+	$(IN_NETNS) sh scripts/test-summary.sh $(CARGO) test --locked --offline --no-fail-fast
 
 # Build outside the namespace, measure inside it. Record results in BENCHMARKS.md.
 bench: deps

@@ -43,7 +43,8 @@ cargo build --release --locked
 # profile keeps some debug info for profiling; a package ships stripped
 # binaries (lintian: unstripped-binary-or-object).
 log "packaging"
-cargo deb --no-build --locked --strip --output "$target_dir/debian/" >&2
+# cargo deb prints the package path on stdout; this script prints it once, last.
+cargo deb --no-build --locked --strip --output "$target_dir/debian/" >/dev/null
 
 # cargo pkgid prints e.g. path+file:///src/easytier-probe#easytier-probe@0.1.0
 pkgid=$(cargo pkgid)
@@ -55,5 +56,4 @@ if [ ! -f "$deb" ]; then
     ls -l "$target_dir/debian/" >&2 || true
     exit 1
 fi
-log "built $deb"
 echo "$deb"

@@ -70,6 +70,7 @@ for path in \
     usr/share/man/man8/easytier-probe.8.gz \
     usr/lib/systemd/system/easytier-probe.service \
     etc/default/easytier-probe \
+    etc/easytier-probe/peers.json.example \
     usr/share/doc/easytier-probe/copyright \
     usr/share/doc/easytier-probe/changelog.gz; do
     if [ -f "$root/$path" ]; then

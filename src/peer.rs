@@ -342,7 +342,8 @@ pub fn peer_from_uri(text: &str) -> anyhow::Result<Peer> {
 /// element, so the caller can warn without losing the rest of the list.
 pub fn validate_list(raw: Vec<serde_json::Value>) -> (Vec<Peer>, Vec<String>) {
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.len());
-    let mut seen = std::collections::HashSet::new();
+    // Each id, with the (1-based) entry that has it.
+    let mut seen = std::collections::HashMap::new();
     let mut problems = Vec::new();
     // Known before anything can print them, whatever shape the entries
     // have: registered in one go, before the entries are looked at.
@@ -356,18 +357,73 @@ pub fn validate_list(raw: Vec<serde_json::Value>) -> (Vec<Peer>, Vec<String>) {
         .collect();
     crate::redact::add_network_secrets(secrets.iter().map(String::as_str));
     for (index, value) in raw.into_iter().enumerate() {
+        // Entries are counted from 1, as a person reading the file counts
+        // them; the id, when there is one, says which peer it is.
+        let entry = index + 1;
+        let id = value.get("id").and_then(serde_json::Value::as_i64);
+        let label = match id {
+            Some(id) => format!("entry {entry} (id {id})"),
+            None => format!("entry {entry}"),
+        };
         let parsed = serde_json::from_value::<RawPeer>(value)
             .map_err(|e| anyhow::anyhow!("not a peer object: {e}"))
             .and_then(Peer::from_raw);
         match parsed {
-            Ok(peer) if !seen.insert(peer.id) => {
-                problems.push(format!("entry {index}: duplicate id {}", peer.id))
+            Ok(peer) => match seen.entry(peer.id) {
+                std::collections::hash_map::Entry::Occupied(first) => problems.push(format!(
+                    "{label}: the id is already used by entry {}",
+                    first.get()
+                )),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                    peers.push(peer);
+                }
+            },
+            Err(e) => {
+                // `from_raw` names the peer by id; the label already does.
+                let text = format!("{e:#}");
+                let text = id
+                    .and_then(|id| text.strip_prefix(&format!("peer {id}: ")))
+                    .unwrap_or(&text);
+                problems.push(format!("{label}: {text}"))
             }
-            Ok(peer) => peers.push(peer),
-            Err(e) => problems.push(format!("entry {index}: {e:#}")),
         }
     }
     (peers, problems)
+}
+
+/// How many invalid entries a warning names; the rest are counted.
+const PROBLEMS_NAMED: usize = 3;
+/// Longest text of one invalid entry in a warning (values come from the
+/// backend or a file: a huge one must not flood the log).
+const PROBLEM_CHARS: usize = 120;
+
+/// One line for a round's invalid entries: the count and the first few,
+/// each cut short. None when there are none.
+pub fn summarize_problems(problems: &[String]) -> Option<String> {
+    if problems.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = problems
+        .iter()
+        .take(PROBLEMS_NAMED)
+        .map(|p| match p.char_indices().nth(PROBLEM_CHARS) {
+            Some((cut, _)) => format!("{}…", &p[..cut]),
+            None => p.clone(),
+        })
+        .collect();
+    let more = problems.len().saturating_sub(PROBLEMS_NAMED);
+    Some(format!(
+        "{} invalid entr{} skipped: {}{}",
+        problems.len(),
+        if problems.len() == 1 { "y" } else { "ies" },
+        named.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    ))
 }
 
 #[cfg(test)]
@@ -432,7 +488,24 @@ mod tests {
             json!("nonsense"),
         ]);
         assert_eq!(peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 5]);
-        assert_eq!(problems.len(), 5);
+        // Entries counted from 1, each with its id when it has one, and the
+        // id said once.
+        assert_eq!(
+            problems,
+            vec![
+                "entry 2 (id 2): `host` is empty".to_string(),
+                "entry 3 (id 3): `port` must be 1..65535, got 0".to_string(),
+                format!(
+                    "entry 4 (id 4): unknown `protocol` \"smtp\" (expected {})",
+                    Protocol::names()
+                ),
+                "entry 5 (id 1): the id is already used by entry 1".to_string(),
+                format!(
+                    "entry 7: not a peer object: {}",
+                    serde_json::from_value::<RawPeer>(json!("nonsense")).unwrap_err()
+                ),
+            ]
+        );
         assert_eq!(peers[1].protocol, Protocol::Udp);
         assert_eq!(peers[1].role(), Role::PublicServer);
     }
@@ -454,6 +527,22 @@ mod tests {
                 .unsupported_reason(false),
             None
         );
+    }
+
+    #[test]
+    fn a_rounds_invalid_entries_are_one_short_line() {
+        assert_eq!(summarize_problems(&[]), None);
+        let problems: Vec<String> = (1..=5)
+            .map(|i| format!("entry {i}: `host` {:?} is neither", "x".repeat(500)))
+            .collect();
+        let line = summarize_problems(&problems).unwrap();
+        assert!(
+            line.starts_with("5 invalid entries skipped: entry 1"),
+            "{line}"
+        );
+        assert!(line.ends_with("; and 2 more"), "{line}");
+        assert!(!line.contains("entry 4"), "{line}");
+        assert!(line.chars().count() < 3 * 130 + 60, "{}", line.len());
     }
 
     #[test]

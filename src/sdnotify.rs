@@ -60,6 +60,11 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
+    /// The one-line state `systemctl status` shows.
+    pub fn status(&self, status: &str) {
+        self.send(&format!("STATUS={status}"));
+    }
+
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping: finishing running checks");
     }
@@ -80,11 +85,21 @@ impl Notifier {
 mod tests {
     use super::*;
 
+    /// Removes the test's directory when dropped, also when the test fails.
+    struct RemoveOnDrop(std::path::PathBuf);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn sends_states_to_the_socket() {
-        let dir = std::env::temp_dir().join(format!("etp-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
+        let dir =
+            RemoveOnDrop(std::env::temp_dir().join(format!("etp-notify-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let listener = UnixDatagram::bind(&path).unwrap();
         let n = Notifier::new(path.to_str(), Some(Duration::from_secs(10)));
@@ -95,6 +110,9 @@ mod tests {
         assert_eq!(&buf[..len], b"READY=1\nSTATUS=watching 3 peers");
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
+        n.status("3 peers, 1 Offline, outbox 0");
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"STATUS=3 peers, 1 Offline, outbox 0");
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(5)));
         // Without a socket every call is a no-op.
         Notifier::new(None, None).ready("x");

@@ -350,7 +350,7 @@ fn pages_headers_and_reports_follow_the_contract() {
     );
     let log = daemon.log();
     assert!(
-        log.contains("entry 2"),
+        log.contains("entry 3 (id 3)"),
         "the invalid entry is warned about: {log}"
     );
     assert_no_secret(&log);

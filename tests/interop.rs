@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -75,7 +74,7 @@ enum Expect<'a> {
 
 /// One test function's cells and their failures.
 struct Cells {
-    dir: PathBuf,
+    dir: TempDir,
     failures: Vec<String>,
     count: usize,
     /// Quick checks (`--quick`) instead of full ones.

@@ -218,6 +218,7 @@ pub const PROBE_ENV_VARS: &[&str] = &[
     "PROBE_WORKERS",
     "DATABASE_PATH",
     "RETENTION_DAYS",
+    "RAW_RETENTION_HOURS",
     "PROBE_NETWORK_NAME",
     "ALLOW_QUIC",
     "DISTRIBUTED_MODE_ENABLED",
@@ -238,6 +239,16 @@ pub const PROBE_ENV_VARS: &[&str] = &[
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "RUST_LOG",
+    "LISTEN_ADDRESS",
+    "BACKEND_CA_FILE",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 ];
 
 pub fn probe_path() -> &'static Path {
@@ -249,15 +260,47 @@ pub fn probe_bin() -> Command {
     for var in PROBE_ENV_VARS {
         cmd.env_remove(var);
     }
+    // Many daemons run at once: each HTTP listener on a port of its own.
+    cmd.env("LISTEN_ADDRESS", "127.0.0.1:0");
     cmd
 }
 
-/// A fresh directory for one test's files.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("etp-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test's files, removed with everything in it
+/// when the value is dropped, also when the test fails (panics unwind).
+/// `ETP_KEEP_TEST_DIRS=1` keeps the directories, to read a failed test's
+/// files. It derefs to `Path`: `dir.join(..)`, `&dir` work as with a path.
+pub fn temp_dir(name: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("etp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    TempDir { path }
+}
+
+/// See `temp_dir`.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ETP_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// Polls `condition` until it holds or `timeout` passes; panics with `what` on timeout.
