@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use easytier_probe::config::{self, Config, UsageError};
-use easytier_probe::{check_cmd, daemon, logging, status};
+use easytier_probe::{check_cmd, daemon, logging, requeue_cmd, status};
 
 fn main() -> ExitCode {
     // EasyTier builds anyhow errors on its hot paths (every connection
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         }
         Config::Check(c) => check_cmd::run(c),
         Config::Status(c) => status::run(c),
+        Config::Requeue(c) => requeue_cmd::run(c),
         Config::Daemon(c) => daemon::run(*c).map(|()| ExitCode::SUCCESS),
     };
     match outcome {

@@ -1,21 +1,30 @@
-//! The `status` subcommand: the latest state of every peer, read-only from the database.
+//! The `status` subcommand: the probe's own state and the latest state of every peer, read-only from the database.
 
 use std::process::ExitCode;
 
 use crate::clock;
 use crate::config::StatusConfig;
+use crate::probe_status::{self, ProbeStatus};
 use crate::store;
 
 pub fn run(config: StatusConfig) -> anyhow::Result<ExitCode> {
-    let conn = store::open_ro(&config.db_path)?;
+    let conn = match store::open_ro(&config.db_path) {
+        Ok(conn) => conn,
+        Err(e) if config.check => return Ok(probe_status::unreadable(&e)),
+        Err(e) => return Err(e),
+    };
     let rows = store::peer_statuses(&conn, clock::now_ms())?;
+    let probe = ProbeStatus::read(&conn, &config.db_path, clock::now_ms())?;
+    // The JSON stays the array of peers it always was.
     if config.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(probe.exit_code(&rows, config.check));
     }
+    probe.print();
     if rows.is_empty() {
         println!("no peers in {}", config.db_path.display());
-        return Ok(ExitCode::SUCCESS);
+        print_set_aside(&conn, &config)?;
+        return Ok(probe.exit_code(&rows, config.check));
     }
     let header = [
         "ID",
@@ -66,5 +75,23 @@ pub fn run(config: StatusConfig) -> anyhow::Result<ExitCode> {
     for row in &table {
         print_row(row);
     }
-    Ok(ExitCode::SUCCESS)
+    print_set_aside(&conn, &config)?;
+    Ok(probe.exit_code(&rows, config.check))
+}
+
+/// One line under the table when results are set aside (the backend
+/// refused them for good), with the oldest and the way to send them again.
+fn print_set_aside(conn: &rusqlite::Connection, config: &StatusConfig) -> anyhow::Result<()> {
+    let count = store::summary(conn)?.rejected;
+    let Some(oldest) = store::rejected_results(conn, 1)?.into_iter().next() else {
+        return Ok(());
+    };
+    println!(
+        "\n{count} result(s) set aside: the backend refused them for good (oldest: seq {} of peer {}, {}); `easytier-probe requeue --db {} --all` queues them again",
+        oldest.seq,
+        oldest.peer_id,
+        oldest.reason.as_deref().unwrap_or("no reason given"),
+        config.db_path.display()
+    );
+    Ok(())
 }

@@ -64,24 +64,38 @@ pub struct PeerStatus {
     pub error_kind: Option<String>,
     /// Checks the latest verdict took (2 when an Offline was confirmed).
     pub attempts: Option<i64>,
+    /// Results of this peer the backend refused for good, set aside
+    /// (`easytier-probe requeue` queues them again).
+    pub rejected: i64,
 }
 
+/// The 24-hour counts are exact and cheap: the whole hours of the window
+/// come from the hourly rollups (`history`), only the part of its first
+/// hour from raw results (at most an hour of them per peer).
 pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerStatus>> {
     let since = now_ms - 24 * 3600 * 1000;
+    let first_whole_hour = (since + super::HOUR_MS - 1).div_euclid(super::HOUR_MS);
     let mut stmt = conn.prepare(
         "SELECT p.id, p.name, p.protocol, p.host, p.port, p.skip_reason,
                 r.status, r.latency_us, r.remote_version, r.checked_at_ms,
                 r.error, r.error_kind, r.attempts,
-                (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1),
-                (SELECT count(*) FROM results WHERE peer_id = p.id AND checked_at_ms >= ?1
-                                                AND status = 'Online')
+                (SELECT coalesce(sum(checks), 0) FROM rollups
+                 WHERE peer_id = p.id AND hour >= ?2)
+                + (SELECT count(*) FROM results WHERE peer_id = p.id
+                   AND checked_at_ms >= ?1 AND checked_at_ms < ?3),
+                (SELECT coalesce(sum(online), 0) FROM rollups
+                 WHERE peer_id = p.id AND hour >= ?2)
+                + (SELECT count(*) FROM results WHERE peer_id = p.id
+                   AND checked_at_ms >= ?1 AND checked_at_ms < ?3 AND status = 'Online'),
+                (SELECT count(*) FROM results WHERE peer_id = p.id AND acked = 2)
          FROM peers p
          LEFT JOIN results r ON r.seq = (SELECT seq FROM results WHERE peer_id = p.id
                                          ORDER BY checked_at_ms DESC, seq DESC LIMIT 1)
          WHERE p.active = 1
          ORDER BY p.id",
     )?;
-    let rows = stmt.query_map([since], |r| {
+    let window = [since, first_whole_hour, first_whole_hour * super::HOUR_MS];
+    let rows = stmt.query_map(window, |r| {
         let protocol: String = r.get(2)?;
         let host: String = r.get(3)?;
         let port: u16 = r.get(4)?;
@@ -116,6 +130,7 @@ pub fn peer_statuses(conn: &Connection, now_ms: i64) -> anyhow::Result<Vec<PeerS
             error,
             error_kind,
             attempts: r.get(12)?,
+            rejected: r.get(15)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -130,6 +145,8 @@ pub struct Summary {
     pub mean_response_ms: Option<i64>,
     pub buffered: i64,
     pub dropped: i64,
+    /// Results set aside because the backend refused them for good.
+    pub rejected: i64,
     /// Peers of the current list the probe cannot check, with the reason.
     pub unsupported: Vec<UnsupportedPeer>,
 }
@@ -156,6 +173,9 @@ pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
     let buffered = conn.query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| {
         r.get(0)
     })?;
+    let rejected = conn.query_row("SELECT count(*) FROM results WHERE acked = 2", [], |r| {
+        r.get(0)
+    })?;
     let dropped = get_state(conn, KEY_DROPPED)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -177,6 +197,35 @@ pub fn summary(conn: &Connection) -> anyhow::Result<Summary> {
         mean_response_ms: mean.map(|m| m.round() as i64),
         buffered,
         dropped,
+        rejected,
         unsupported,
     })
+}
+
+/// A result set aside because the backend refused it for good.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedResult {
+    pub seq: i64,
+    pub peer_id: i64,
+    pub checked_at: String,
+    pub rejected_at: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The set-aside results, oldest first, at most `limit`.
+pub fn rejected_results(conn: &Connection, limit: usize) -> anyhow::Result<Vec<RejectedResult>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, peer_id, checked_at_ms, rejected_at_ms, rejected_reason
+         FROM results WHERE acked = 2 ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(RejectedResult {
+            seq: r.get(0)?,
+            peer_id: r.get(1)?,
+            checked_at: clock::rfc3339(r.get(2)?),
+            rejected_at: r.get::<_, Option<i64>>(3)?.map(clock::rfc3339),
+            reason: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

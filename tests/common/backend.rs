@@ -196,3 +196,123 @@ pub fn peers_page(peers: Vec<serde_json::Value>, next: bool) -> serde_json::Valu
 pub fn ok_answer() -> serde_json::Value {
     serde_json::json!({"code": 200, "message": "ok"})
 }
+
+/// What a misbehaving backend does with status reports; tests change it
+/// while the daemon runs (`ReportSink::set`).
+#[derive(Clone, Default)]
+pub struct ReportFaults {
+    /// Results the backend refuses for good (400/422).
+    pub refuse: Option<fn(&serde_json::Value) -> bool>,
+    /// Name the refused results in `data.rejected_seq` (422); otherwise
+    /// answer 400 without names.
+    pub name_refused: bool,
+    /// 413 for a report with more than this many results.
+    pub max_results: Option<usize>,
+    /// Answer every report with this status (429, 503) and `Retry-After` value.
+    pub throttle: Option<(u16, String)>,
+    /// 400 for every report, even one without results: the probe is refused.
+    pub refuse_probe: bool,
+    /// 500 for every report that carries results.
+    pub fail_results: bool,
+    /// Wait this long before answering an accepted report.
+    pub accept_delay: Duration,
+}
+
+/// One `PUT /nodes/status` as the backend saw and answered it.
+#[derive(Clone, Debug)]
+pub struct ReportAttempt {
+    pub at: std::time::Instant,
+    pub status: u16,
+    pub seqs: Vec<i64>,
+    pub body: serde_json::Value,
+}
+
+/// The status-report side of a fake backend: answers by `ReportFaults`,
+/// records every attempt and the bodies it accepted.
+#[derive(Default)]
+pub struct ReportSink {
+    faults: Mutex<ReportFaults>,
+    attempts: Mutex<Vec<ReportAttempt>>,
+}
+
+impl ReportSink {
+    pub fn set(&self, change: impl FnOnce(&mut ReportFaults)) {
+        change(&mut self.faults.lock().unwrap());
+    }
+
+    pub fn answer(&self, req: &Request) -> Response {
+        let faults = self.faults.lock().unwrap().clone();
+        let body = req.json();
+        let results = body["results"].as_array().cloned().unwrap_or_default();
+        let seqs: Vec<i64> = results.iter().filter_map(|r| r["seq"].as_i64()).collect();
+        let refused: Vec<i64> = match faults.refuse {
+            Some(refuse) => results
+                .iter()
+                .filter(|r| refuse(r))
+                .filter_map(|r| r["seq"].as_i64())
+                .collect(),
+            None => vec![],
+        };
+        let response = if let Some((status, retry_after)) = &faults.throttle {
+            Response::json(
+                *status,
+                serde_json::json!({"code": status, "message": "slow down"}),
+            )
+            .with_header("Retry-After", retry_after)
+        } else if faults.refuse_probe {
+            Response::json(
+                400,
+                serde_json::json!({"code": 400, "message": "unknown probe"}),
+            )
+        } else if faults.max_results.is_some_and(|max| results.len() > max) {
+            Response::json(
+                413,
+                serde_json::json!({"code": 413, "message": "too large"}),
+            )
+        } else if faults.fail_results && !results.is_empty() {
+            Response::json(500, serde_json::json!({"code": 500, "message": "oops"}))
+        } else if !refused.is_empty() && faults.name_refused {
+            Response::json(
+                422,
+                serde_json::json!({"code": 422, "message": "invalid result\nforged line",
+                                   "data": {"rejected_seq": refused}}),
+            )
+        } else if !refused.is_empty() {
+            Response::json(
+                400,
+                serde_json::json!({"code": 400, "message": "bad batch"}),
+            )
+        } else {
+            Response::json(200, ok_answer()).delayed(faults.accept_delay)
+        };
+        self.attempts.lock().unwrap().push(ReportAttempt {
+            at: std::time::Instant::now(),
+            status: response.status,
+            seqs,
+            body,
+        });
+        response
+    }
+
+    pub fn attempts(&self) -> Vec<ReportAttempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// Bodies of the reports answered 200, in order.
+    pub fn accepted(&self) -> Vec<serde_json::Value> {
+        self.attempts()
+            .into_iter()
+            .filter(|a| a.status == 200)
+            .map(|a| a.body)
+            .collect()
+    }
+
+    /// Every seq the backend accepted.
+    pub fn delivered_seqs(&self) -> std::collections::BTreeSet<i64> {
+        self.attempts()
+            .iter()
+            .filter(|a| a.status == 200)
+            .flat_map(|a| a.seqs.clone())
+            .collect()
+    }
+}
