@@ -8,6 +8,15 @@ use serde::Serialize;
 use crate::config::Secret;
 use crate::peer::{self, Peer};
 
+mod answer;
+mod no_proxy;
+mod reach;
+mod tls;
+mod tunnel;
+
+pub use answer::shown;
+pub use reach::Reach;
+
 /// Larger answers are refused rather than read into memory.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// A backend that keeps saying "next batch" forever is cut off here.
@@ -34,6 +43,17 @@ pub enum BackendError {
     },
     Status {
         status: u16,
+        /// What `Retry-After` asked for (429 and 503 only), from the moment
+        /// the answer came.
+        retry_after: Option<Duration>,
+    },
+    /// 400, 413 or 422: the backend refuses the request for good, as it is.
+    /// `message` is the answer's, shortened and escaped; `rejected_seq` the
+    /// results it names (`data.rejected_seq`), if any.
+    Refused {
+        status: u16,
+        message: String,
+        rejected_seq: Vec<i64>,
     },
     Transport(String),
     BadAnswer(String),
@@ -48,11 +68,26 @@ impl std::fmt::Display for BackendError {
             ),
             BackendError::Status {
                 status: status @ 300..=399,
+                ..
             } => write!(
                 f,
                 "the backend answered HTTP {status} (a redirect, not followed: check the backend URL)"
             ),
-            BackendError::Status { status } => write!(f, "the backend answered HTTP {status}"),
+            BackendError::Status {
+                status,
+                retry_after: Some(wait),
+            } => write!(
+                f,
+                "the backend answered HTTP {status} and asked to retry after {}s",
+                wait.as_secs()
+            ),
+            BackendError::Status { status, .. } => write!(f, "the backend answered HTTP {status}"),
+            BackendError::Refused {
+                status, message, ..
+            } if message.is_empty() => write!(f, "the backend refused it (HTTP {status})"),
+            BackendError::Refused {
+                status, message, ..
+            } => write!(f, "the backend refused it (HTTP {status}: \"{message}\")"),
             BackendError::Transport(e) => write!(f, "cannot reach the backend: {e}"),
             BackendError::BadAnswer(e) => write!(f, "the backend's answer is not usable: {e}"),
         }
@@ -64,6 +99,14 @@ impl std::error::Error for BackendError {}
 impl BackendError {
     pub fn is_auth(&self) -> bool {
         matches!(self, BackendError::Auth { .. })
+    }
+
+    /// The wait a 429 or 503 asked for with `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BackendError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -87,9 +130,20 @@ pub struct BackendClient {
     node_token: Secret,
     api_key: Option<Secret>,
     region: Option<String>,
+    /// Sent with every request of a plain-http backend reached through a
+    /// proxy with credentials (absolute-form requests to the proxy; for
+    /// https ureq sends it with CONNECT, and it must not go inside the tunnel).
+    proxy_authorization: Option<Secret>,
+    /// The proxy's variable, to name it in transport errors.
+    proxy_var: Option<&'static str>,
+    /// Whether `--backend-ca-file` is in use, for the certificate hint.
+    custom_ca: bool,
 }
 
 impl BackendClient {
+    /// A client that goes directly, trusting the web PKI roots only (the
+    /// daemon uses `with_reach`, which honours the proxy variables and
+    /// `--backend-ca-file`).
     pub fn new(
         base_url: &str,
         node_token: Secret,
@@ -97,21 +151,60 @@ impl BackendClient {
         region: Option<String>,
         timeout: Duration,
     ) -> BackendClient {
-        let agent = ureq::AgentBuilder::new()
+        Self::with_reach(
+            base_url,
+            node_token,
+            api_key,
+            region,
+            timeout,
+            &Reach::default(),
+        )
+    }
+
+    /// A client whose requests go as `reach` decided: through a proxy or
+    /// directly, trusting the CA file's certificates too.
+    pub fn with_reach(
+        base_url: &str,
+        node_token: Secret,
+        api_key: Option<Secret>,
+        region: Option<String>,
+        timeout: Duration,
+        reach: &Reach,
+    ) -> BackendClient {
+        let builder = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT.min(timeout))
             .timeout(timeout)
             .user_agent(&user_agent())
             // A redirect would carry the node token or API key to another
             // address, and a PUT turned into a GET there could answer 200 for
             // results that were never delivered. The contract has no redirects.
-            .redirects(0)
-            .build();
+            .redirects(0);
+        for secret in reach.secrets() {
+            crate::logging::add_secret(&secret);
+        }
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let plain_http = base_url.starts_with("http://");
         BackendClient {
-            agent,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            agent: reach.configure(builder, &base_url).build(),
+            base_url,
             node_token,
             api_key,
             region,
+            proxy_authorization: reach
+                .proxy
+                .as_ref()
+                .filter(|_| plain_http)
+                .and_then(|route| route.authorization.clone()),
+            proxy_var: reach.proxy_var(),
+            custom_ca: reach.ca_file.is_some(),
+        }
+    }
+
+    /// For a plain-http backend behind a proxy that wants credentials.
+    fn through_proxy(&self, request: ureq::Request) -> ureq::Request {
+        match &self.proxy_authorization {
+            Some(value) => request.set("Proxy-Authorization", value.expose()),
+            None => request,
         }
     }
 
@@ -122,7 +215,8 @@ impl BackendClient {
         let mut page = 1u32;
         let mut round_etag = None;
         loop {
-            let mut request = self.agent.get(&format!("{}/peers", self.base_url));
+            let mut request =
+                self.through_proxy(self.agent.get(&format!("{}/peers", self.base_url)));
             if let Some(region) = &self.region {
                 request = request.query("region", region);
             }
@@ -137,10 +231,17 @@ impl BackendClient {
                     request = request.set("If-None-Match", etag);
                 }
             }
-            let response = request.call().map_err(|e| classify(e, "Authorization"))?;
+            let response = crate::metrics::backend_call("peers", request.call())
+                .map_err(|e| self.classify(e, "Authorization"))?;
             if response.status() == 304 {
-                if page == 1 {
+                if page == 1 && etag.is_some() {
                     return Ok(FetchOutcome::NotModified);
+                }
+                if page == 1 {
+                    // "Unchanged" since nothing: the answer means nothing.
+                    return Err(BackendError::BadAnswer(
+                        "304 Not Modified to a request without If-None-Match".into(),
+                    ));
                 }
                 return Err(BackendError::BadAnswer(format!("304 for page {page}")));
             }
@@ -178,6 +279,13 @@ impl BackendClient {
             page += 1;
         }
         let (peers, problems) = peer::validate_list(all);
+        if peers.is_empty() && !problems.is_empty() {
+            // Every entry broken is a broken answer, not an empty fleet.
+            return Err(BackendError::BadAnswer(format!(
+                "every entry of the list is invalid ({})",
+                peer::summarize_problems(&problems).unwrap_or_default()
+            )));
+        }
         Ok(FetchOutcome::Peers {
             peers,
             etag: round_etag,
@@ -193,20 +301,50 @@ impl BackendClient {
         timeout: Option<Duration>,
     ) -> Result<(), BackendError> {
         let mut request = self
-            .agent
-            .put(&format!("{}/nodes/status", self.base_url))
+            .through_proxy(self.agent.put(&format!("{}/nodes/status", self.base_url)))
             .set("x-node-token", self.node_token.expose());
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
         let body =
             serde_json::to_vec(report).map_err(|e| BackendError::BadAnswer(e.to_string()))?;
-        let response = request
+        let sent = request
             .set("Content-Type", "application/json")
-            .send_bytes(&body)
-            .map_err(|e| classify(e, "x-node-token"))?;
+            .send_bytes(&body);
+        let response = crate::metrics::backend_call("nodes_status", sent)
+            .map_err(|e| self.classify(e, "x-node-token"))?;
         require_success(&response)?;
         require_code_200(&read_json(response)?)
+    }
+}
+
+impl BackendClient {
+    fn classify(&self, error: ureq::Error, auth_header: &'static str) -> BackendError {
+        match (error, self.proxy_var) {
+            (ureq::Error::Transport(t), _) => BackendError::Transport(self.transport_problem(&t)),
+            // Through a proxy (plain http), a 407 is the proxy's answer.
+            (ureq::Error::Status(407, _), Some(var)) => BackendError::Transport(format!(
+                "the proxy asks for credentials (HTTP 407): give them in the proxy URL as user:password@ (through the proxy of {var})"
+            )),
+            (status, _) => classify(status, auth_header),
+        }
+    }
+
+    /// ureq's words (the URL, what failed, why), with the proxy named by its
+    /// variable, and a hint when the backend's certificate has an unknown issuer.
+    fn transport_problem(&self, t: &ureq::Transport) -> String {
+        let mut text = t.to_string();
+        if let Some(var) = self.proxy_var {
+            text.push_str(&format!(" (through the proxy of {var})"));
+        }
+        if tls::is_unknown_issuer(t) {
+            text.push_str(if self.custom_ca {
+                "; the certificate is signed neither by a CA of --backend-ca-file nor by a public CA"
+            } else {
+                "; a backend certificate from a private CA needs --backend-ca-file"
+            });
+        }
+        text
     }
 }
 
@@ -216,7 +354,24 @@ fn classify(error: ureq::Error, auth_header: &'static str) -> BackendError {
             status,
             header: auth_header,
         },
-        ureq::Error::Status(status, _) => BackendError::Status { status },
+        ureq::Error::Status(status @ (400 | 413 | 422), response) => {
+            let (message, rejected_seq) = answer::refusal(response);
+            BackendError::Refused {
+                status,
+                message,
+                rejected_seq,
+            }
+        }
+        ureq::Error::Status(status @ (429 | 503), response) => BackendError::Status {
+            status,
+            retry_after: response
+                .header("Retry-After")
+                .and_then(|v| answer::retry_after(v, std::time::SystemTime::now())),
+        },
+        ureq::Error::Status(status, _) => BackendError::Status {
+            status,
+            retry_after: None,
+        },
         ureq::Error::Transport(t) => BackendError::Transport(t.to_string()),
     }
 }
@@ -226,7 +381,10 @@ fn classify(error: ureq::Error, auth_header: &'static str) -> BackendError {
 fn require_success(response: &ureq::Response) -> Result<(), BackendError> {
     match response.status() {
         200..=299 => Ok(()),
-        status => Err(BackendError::Status { status }),
+        status => Err(BackendError::Status {
+            status,
+            retry_after: None,
+        }),
     }
 }
 
@@ -279,6 +437,8 @@ pub struct Metadata {
     pub uptime_seconds: u64,
     pub buffered_results: i64,
     pub dropped_results: i64,
+    /// Extension: results set aside because the backend refused them for good.
+    pub rejected_results: i64,
     /// Extension: peers of the current list this probe cannot check, so a
     /// backend can tell "not checked" from "not reported".
     pub unsupported_peers: Vec<crate::store::UnsupportedPeer>,
