@@ -24,8 +24,8 @@ pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
         )
     })?;
     let (peers, problems) = peer::validate_list(list);
-    for problem in problems {
-        log::warn!("peers file {}: skipped invalid {problem}", path.display());
+    if let Some(summary) = peer::summarize_problems(&problems) {
+        log::warn!("peers file {}: {summary}", path.display());
     }
     Ok(peers)
 }
@@ -90,6 +90,8 @@ pub fn cached_peers(
 impl MainLoop {
     /// Takes a complete peer set: stores it, warns about skipped peers, reschedules.
     pub fn apply_peers(&mut self, peers: Vec<Peer>, etag: Option<String>, persist: bool) {
+        // The main loop's whole stall for a new list (benches/lists.rs).
+        let started = Instant::now();
         let mut checkable = Vec::with_capacity(peers.len());
         let mut stored = Vec::with_capacity(peers.len());
         let mut skipped = Vec::new();
@@ -125,10 +127,12 @@ impl MainLoop {
                 self.observed.remove(&peer.id);
             }
         }
+        let checkable_ids: Vec<i64> = checkable.iter().map(|p| p.id).collect();
         let changes = self.schedule.replace(checkable, Instant::now());
         let schedule = &self.schedule;
         self.last_status.retain(|id, _| schedule.contains(*id));
         self.observed.retain(|id, _| schedule.contains(*id));
+        crate::metrics::retain_peers(checkable_ids);
         for (id, (peer, cancelled)) in &self.jobs {
             if schedule.peer(*id) != Some(peer) {
                 // A queued job is dropped; one already running finishes.
@@ -143,12 +147,13 @@ impl MainLoop {
         };
         log::log!(
             level,
-            "peer set: {} checked ({} added, {} removed, {} changed), {} skipped",
+            "peer set: {} checked ({} added, {} removed, {} changed), {} skipped; applied in {} ms",
             self.schedule.len(),
             changes.added,
             changes.removed,
             changes.updated,
-            self.skipped.len()
+            self.skipped.len(),
+            started.elapsed().as_millis()
         );
     }
 

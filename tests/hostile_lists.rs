@@ -1,0 +1,168 @@
+//! Hostile peer lists from the backend: a round of nothing but invalid entries, a 304 to a request that offered no ETag, and many invalid entries in one round.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::backend::{ok_answer, peers_page, FakeBackend, Response};
+use common::*;
+use serde_json::json;
+
+fn distributed_args(backend: &FakeBackend, dir: &Path) -> Vec<String> {
+    let token = dir.join("token");
+    std::fs::write(&token, "hostile-token\n").unwrap();
+    [
+        "--distributed-mode",
+        "--backend-base-url",
+        &format!("{}/api", backend.url()),
+        "--node-token-file",
+        token.to_str().unwrap(),
+        "--check-interval",
+        "1",
+        "--peer-fetch-interval",
+        "1",
+        "--status-report-interval",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn results_of(db: &Path, peer: i64) -> i64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row(
+        "SELECT count(*) FROM results WHERE peer_id = ?1",
+        [peer],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+fn invalid_entries(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| peer_json(100 + i as i64, "broken", "127.0.0.1", 0, "tcp", "", None))
+        .collect()
+}
+
+#[test]
+fn a_round_of_only_invalid_entries_keeps_the_last_good_list() {
+    require_private_netns();
+    let refused = free_port();
+    let broken = Arc::new(AtomicUsize::new(0));
+    let mode = broken.clone();
+    let backend = FakeBackend::start(move |r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") if mode.load(Ordering::SeqCst) == 0 => Response::json(
+            200,
+            peers_page(
+                vec![peer_json(
+                    1,
+                    "refused",
+                    "127.0.0.1",
+                    refused,
+                    "tcp",
+                    "",
+                    None,
+                )],
+                false,
+            ),
+        ),
+        ("GET", "/api/peers") => Response::json(200, peers_page(invalid_entries(5), false)),
+        _ => Response::json(200, ok_answer()),
+    });
+    let dir = temp_dir("all-invalid");
+    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    wait_for("a result for peer 1", Duration::from_secs(20), || {
+        (results_of(&daemon.db, 1) > 0).then_some(())
+    });
+    broken.store(1, Ordering::SeqCst);
+    let gets = backend.requests_to("GET", "/api/peers").len();
+    let before = results_of(&daemon.db, 1);
+    wait_for(
+        "two broken rounds and more checks of peer 1",
+        Duration::from_secs(30),
+        || {
+            let rounds = backend.requests_to("GET", "/api/peers").len() >= gets + 2;
+            (rounds && results_of(&daemon.db, 1) > before + 1).then_some(())
+        },
+    );
+    let rows = daemon.status_json();
+    assert_eq!(rows.len(), 1, "the last good list is kept: {rows:?}");
+    assert_eq!(rows[0]["id"], 1);
+    let log = daemon.log();
+    assert!(
+        log.contains("every entry of the list is invalid"),
+        "said once per round: {log}"
+    );
+}
+
+#[test]
+fn a_304_to_a_request_without_an_etag_is_a_protocol_error() {
+    require_private_netns();
+    let backend = FakeBackend::start(|r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") => Response::raw(304, b""),
+        _ => Response::json(200, ok_answer()),
+    });
+    let dir = temp_dir("304-no-etag");
+    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    wait_for(
+        "the protocol error in the log",
+        Duration::from_secs(20),
+        || {
+            daemon
+                .log()
+                .contains("304 Not Modified to a request without If-None-Match")
+                .then_some(())
+        },
+    );
+    assert!(backend
+        .requests_to("GET", "/api/peers")
+        .iter()
+        .all(|g| g.header("if-none-match").is_none()));
+}
+
+#[test]
+fn many_invalid_entries_are_one_short_warning_per_round() {
+    require_private_netns();
+    let refused = free_port();
+    let backend = FakeBackend::start(move |r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") => {
+            let mut peers = vec![peer_json(1, "ok", "127.0.0.1", refused, "tcp", "", None)];
+            peers.extend(invalid_entries(10));
+            // One entry with a huge value: cut short in the warning.
+            peers.push(json!({"id": 500, "host": "h".repeat(5_000), "port": 1, "protocol": "tcp"}));
+            Response::json(200, peers_page(peers, false))
+        }
+        _ => Response::json(200, ok_answer()),
+    });
+    let dir = temp_dir("many-invalid");
+    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    wait_for("three rounds", Duration::from_secs(20), || {
+        (backend.requests_to("GET", "/api/peers").len() >= 3).then_some(())
+    });
+    let log = daemon.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("invalid entries skipped"))
+        .collect();
+    assert!(!warnings.is_empty(), "{log}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("11 invalid entries skipped")
+                && w.contains("and 8 more")
+                && w.len() < 1_000),
+        "{warnings:?}"
+    );
+    assert!(
+        !log.contains("entry 9 (id 107)"),
+        "one line per entry: {log}"
+    );
+}
