@@ -187,6 +187,7 @@ fn run_job(
         result.status.as_str(),
         result.error.as_deref().unwrap_or("")
     );
+    crate::metrics::check_finished(peer, &result);
     let finished = Finished {
         peer_id: peer.id,
         status: Some(result.status),

@@ -127,6 +127,14 @@ impl Schedule {
         }
     }
 
+    /// How many peers `due` would give, without building the list.
+    pub fn due_count(&self, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.next_due <= now && !self.running.contains(&e.peer.id))
+            .count()
+    }
+
     /// Records that the peer's check was handed to a worker.
     pub fn dispatched(&mut self, id: i64, now: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {

@@ -35,6 +35,7 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if let Some(watch) = &self.watch {
+            crate::health::thread_ended(&self.name);
             // The main loop may be gone already (shutdown): nothing to tell.
             let _ = watch.send(ThreadExit {
                 name: self.name.clone(),

@@ -151,6 +151,7 @@ impl MainLoop {
                 return Exit::Recycle;
             }
             let wait = self.dispatch(threads, Instant::now());
+            self.publish(config);
             let event = next_event(sources, wait);
             if let Some(exit) = self.handle(event, config, threads, sources, notifier) {
                 return exit;
@@ -188,7 +189,10 @@ impl MainLoop {
                 return Some(Exit::Failed(format!("the {} thread {how}", exit.name)));
             }
             Event::WatchdogTick => notifier.watchdog(),
-            Event::SummaryTick => self.log_cycle(),
+            Event::SummaryTick => {
+                self.log_cycle();
+                notifier.status(&crate::health::status_line(crate::clock::now_ms()));
+            }
             Event::Wake => {}
         }
         None

@@ -11,6 +11,7 @@ mod peers;
 mod recycle;
 mod shutdown;
 mod signals;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let started = carried
         .as_ref()
         .map_or_else(Instant::now, recycle::Carried::started);
+    crate::health::init(&config);
     if let Some(d) = &config.distributed {
         crate::logging::add_secret(d.node_token.expose());
         if let Some(key) = &d.api_key {
@@ -57,6 +59,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ),
         Some(_) => None,
     };
+    // Like the peers file: an address that cannot be bound stops the start.
+    let listener = crate::http::bind(config.listen)?;
     // Before any other thread exists, so every thread inherits the handlers.
     let signals = signals::spawn()?;
     checker::tune_easytier_for_checks();
@@ -66,6 +70,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if let Some(carried) = &carried {
         main.schedule.restore_due(&carried.due(), Instant::now());
     }
+    let _http = crate::http::start(listener, &config, &exit_watch)?;
     let notifier = Notifier::new_from_env();
     announce_start(&config, &main, &notifier);
     let mut sources = Sources {
@@ -164,13 +169,15 @@ fn spawn_distributed(
     exit_watch: &ExitWatch,
     started: Instant,
 ) -> anyhow::Result<(FetcherHandle, ReporterHandle)> {
+    log::info!("backend requests go {}", d.reach.describe());
     let client = |interval| {
-        BackendClient::new(
+        BackendClient::with_reach(
             &d.backend_base_url,
             d.node_token.clone(),
             d.api_key.clone(),
             d.region.clone(),
             crate::backend::request_timeout(interval),
+            &d.reach,
         )
     };
     let fetcher = fetcher::spawn(
@@ -201,6 +208,7 @@ fn writer_options(config: &DaemonConfig) -> WriterOptions {
     WriterOptions {
         auto_ack: config.distributed.is_none(),
         retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        raw_retention: Duration::from_secs(u64::from(config.raw_retention_hours) * 3_600),
         max_buffered: config
             .distributed
             .as_ref()

@@ -29,6 +29,7 @@ pub fn shutdown(
     stop_budget: Duration,
 ) {
     let stop_deadline = Instant::now() + stop_budget;
+    crate::health::stopping();
     match exit {
         // A recycle is not a stop: the watchdog keeps running through the
         // shutdown (up to the stop budget) and the next start, so ping at
@@ -58,6 +59,8 @@ pub fn shutdown(
             main.schedule.in_flight()
         );
     }
+    // Committed by the flush below: `status` sees the daemon stopped.
+    main.record_state(crate::clock::now_ms());
     let (done, flushed) = crossbeam_channel::bounded(1);
     let saved = main
         .store
