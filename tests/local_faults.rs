@@ -42,3 +42,64 @@ fn a_second_daemon_on_one_database_exits_2_naming_the_first() {
         (count_results(&first.db) > before).then_some(())
     });
 }
+
+fn probe_id_and_max_seq(db: &std::path::Path) -> Option<(String, i64)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    let id: String = conn
+        .query_row(
+            "SELECT value FROM probe_state WHERE key = 'probe_id'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    let seq: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) FROM results", [], |r| {
+            r.get(0)
+        })
+        .ok()?;
+    Some((id, seq))
+}
+
+#[test]
+fn a_database_deleted_under_the_daemon_comes_back_with_its_identity() {
+    require_private_netns();
+    let dir = temp_dir("deleted-db");
+    let args = vec![
+        "--peer".to_string(),
+        format!("tcp://127.0.0.1:{}", free_port()),
+        "--check-interval".to_string(),
+        "1".to_string(),
+    ];
+    let daemon = Daemon::start(&dir, &args, &[("CONFIRM_OFFLINE", "0".to_string())]);
+    let (id, seq) = wait_for("two results", Duration::from_secs(20), || {
+        probe_id_and_max_seq(&daemon.db).filter(|(_, seq)| *seq >= 2)
+    });
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", daemon.db.display()));
+    }
+    let (id_after, seq_after) = wait_for(
+        "the database back, with later results",
+        Duration::from_secs(20),
+        || probe_id_and_max_seq(&daemon.db).filter(|(_, s)| *s > seq + 1),
+    );
+    assert_eq!(id_after, id, "the same probe id");
+    assert!(seq_after > seq, "seq goes on from {seq}: {seq_after}");
+    let conn = rusqlite::Connection::open_with_flags(
+        &daemon.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM results WHERE seq <= ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(kept, seq, "the results from before the deletion are kept");
+    assert!(
+        daemon.log().contains("deleted or replaced"),
+        "said at error level: {}",
+        daemon.log()
+    );
+}
