@@ -20,6 +20,10 @@ use crate::config::DaemonConfig;
 const MAIN_LOOP_STUCK: Duration = Duration::from_secs(30);
 
 /// How often the daemon records its state (`DaemonState`) for `status`.
+/// A writer that has not gone round its loop (it wakes every second) for
+/// this long is stuck: a busy timeout is 5 s, a big batch a few more.
+pub const WRITER_STUCK: Duration = Duration::from_secs(60);
+
 pub const STATE_EVERY: Duration = Duration::from_secs(10);
 /// `status --check` counts a daemon whose record is older than this as not
 /// running (three records missed).
@@ -61,6 +65,8 @@ pub struct Health {
     main_loop_ms: AtomicI64,
     /// When the writer's current failure spell began; 0 while it writes.
     refusing_since_ms: AtomicI64,
+    /// When the writer last went round its loop (it does every second).
+    writer_beat_ms: AtomicI64,
     last_fetch_ms: AtomicI64,
     last_report_ms: AtomicI64,
     /// Unsent results as the reporter last counted them; -1 unknown.
@@ -89,6 +95,7 @@ impl Health {
             started_ms: AtomicI64::new(0),
             main_loop_ms: AtomicI64::new(0),
             refusing_since_ms: AtomicI64::new(0),
+            writer_beat_ms: AtomicI64::new(0),
             last_fetch_ms: AtomicI64::new(0),
             last_report_ms: AtomicI64::new(0),
             outbox: AtomicI64::new(-1),
@@ -116,6 +123,20 @@ impl Health {
         });
         self.started_ms.store(now_ms, Ordering::Relaxed);
         self.main_loop_ms.store(now_ms, Ordering::Relaxed);
+        self.writer_beat_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether systemd's watchdog may be fed: every thread is alive and the
+    /// writer, which every result goes through, has gone round its loop
+    /// within `WRITER_STUCK`. The backend's state plays no part: an outage
+    /// there is no reason for a restart. Why not, when not.
+    pub fn watchdog_refusal(&self, now_ms: i64) -> Option<String> {
+        if let Some(name) = lock(&self.ended).first() {
+            return Some(format!("the {name} thread has ended"));
+        }
+        let idle = secs_between(self.writer_beat_ms.load(Ordering::Relaxed), now_ms);
+        (idle > WRITER_STUCK.as_secs())
+            .then(|| format!("the store writer has made no progress for {idle} s"))
     }
 
     /// Why the probe is unhealthy at `now_ms`; empty when it is healthy.
@@ -130,6 +151,12 @@ impl Health {
         let idle = secs_between(self.main_loop_ms.load(Ordering::Relaxed), now_ms);
         if idle > MAIN_LOOP_STUCK.as_secs() {
             problems.push(format!("the main loop has not run for {idle} s"));
+        }
+        if let Some(stuck) = self
+            .watchdog_refusal(now_ms)
+            .filter(|p| p.contains("writer"))
+        {
+            problems.push(stuck);
         }
         let refusing = self.refusing_since_ms.load(Ordering::Relaxed);
         if refusing > 0 {
@@ -277,6 +304,13 @@ pub fn listening(addr: &str) {
 }
 
 /// The main loop turned; `peers` are checked, `offline` of them Offline now.
+/// The store writer went round its loop.
+pub fn writer_beat() {
+    HEALTH
+        .writer_beat_ms
+        .store(crate::clock::now_ms(), Ordering::Relaxed);
+}
+
 pub fn main_loop_turned(peers: usize, offline: usize) {
     HEALTH
         .main_loop_ms
@@ -376,6 +410,21 @@ mod tests {
         h.stopping.store(true, Ordering::Relaxed);
         let p = h.problems(1_001_000);
         assert_eq!(p, ["stopping", "the probe-3 thread has ended"]);
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_threads_live_and_the_writer_moves() {
+        let h = Health::new();
+        h.init(&config(&["--peer", "tcp://h:1"]), 1_000_000);
+        assert_eq!(h.watchdog_refusal(1_030_000), None);
+        // No beat from the writer for over a minute: stuck.
+        let why = h.watchdog_refusal(1_061_000).expect("a stuck writer");
+        assert!(why.contains("store writer"), "{why}");
+        h.writer_beat_ms.store(1_060_000, Ordering::Relaxed);
+        assert_eq!(h.watchdog_refusal(1_061_000), None);
+        h.thread_ended("reporter");
+        let why = h.watchdog_refusal(1_061_000).expect("a thread gone");
+        assert!(why.contains("reporter"), "{why}");
     }
 
     #[test]

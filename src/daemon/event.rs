@@ -188,7 +188,14 @@ impl MainLoop {
                 );
                 return Some(Exit::Failed(format!("the {} thread {how}", exit.name)));
             }
-            Event::WatchdogTick => notifier.watchdog(),
+            // Fed only while every thread is alive and the writer makes
+            // progress: otherwise systemd's WatchdogSec restarts the probe.
+            Event::WatchdogTick => {
+                match crate::health::HEALTH.watchdog_refusal(crate::clock::now_ms()) {
+                    None => notifier.watchdog(),
+                    Some(why) => log::error!("not feeding the watchdog: {why}"),
+                }
+            }
             Event::SummaryTick => {
                 self.log_cycle();
                 notifier.status(&crate::health::status_line(crate::clock::now_ms()));
