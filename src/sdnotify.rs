@@ -65,6 +65,15 @@ impl Notifier {
         self.send(&format!("STATUS={status}"));
     }
 
+    /// Asks systemd for `by` more time to start (a long migration), within
+    /// the unit's start timeout.
+    pub fn extend_start(&self, by: Duration, why: &str) {
+        self.send(&format!(
+            "EXTEND_TIMEOUT_USEC={}\nSTATUS={why}",
+            by.as_micros()
+        ));
+    }
+
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping: finishing running checks");
     }

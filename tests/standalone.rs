@@ -175,12 +175,15 @@ fn sighup_rereads_the_peers_file_and_keeps_it_when_broken() {
         &[("NOTIFY_SOCKET", notify_path.to_str().unwrap().to_string())],
     );
     let mut buf = [0u8; 512];
-    let len = notify.recv(&mut buf).expect("READY=1 from the daemon");
-    assert!(
-        String::from_utf8_lossy(&buf[..len]).starts_with("READY=1"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..len])
-    );
+    // Before READY=1 the daemon may ask for more start time (a migration).
+    loop {
+        let len = notify.recv(&mut buf).expect("READY=1 from the daemon");
+        let state = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if state.starts_with("READY=1") {
+            break;
+        }
+        assert!(state.starts_with("EXTEND_TIMEOUT_USEC="), "{state:?}");
+    }
 
     std::fs::write(
         &peers_file,

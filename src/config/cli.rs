@@ -46,13 +46,21 @@ pub struct Cli {
     #[argh(option)]
     pub db: Option<PathBuf>,
 
-    /// days of check results to keep [env RETENTION_DAYS, default 30]
+    /// days of hourly history (per-peer rollups) to keep [env RETENTION_DAYS, default 90]
     #[argh(option)]
     pub retention_days: Option<String>,
+
+    /// hours of delivered raw check results to keep; undelivered ones are always kept [env RAW_RETENTION_HOURS, default 48]
+    #[argh(option)]
+    pub raw_retention_hours: Option<String>,
 
     /// network name the probe uses as a guest of public relays [env PROBE_NETWORK_NAME, default derived from the probe id]
     #[argh(option)]
     pub network_name: Option<String>,
+
+    /// address and port of the local HTTP listener (/metrics, /health), or off; port 0 lets the system choose [env LISTEN_ADDRESS, default 127.0.0.1:11090]
+    #[argh(option)]
+    pub listen: Option<String>,
 
     /// also check quic peers (only correct against EasyTier 2.0.x nodes) [env ALLOW_QUIC]
     #[argh(switch)]
@@ -65,6 +73,10 @@ pub struct Cli {
     /// base URL of the backend, http or https [env BACKEND_BASE_URL]
     #[argh(option)]
     pub backend_base_url: Option<String>,
+
+    /// PEM file of CA certificates trusted for an https backend, besides the public ones [env BACKEND_CA_FILE]
+    #[argh(option)]
+    pub backend_ca_file: Option<PathBuf>,
 
     /// token sent as x-node-token in status reports [env NODE_TOKEN]
     #[argh(option)]
@@ -111,6 +123,7 @@ pub struct Cli {
 pub enum Command {
     Check(CheckArgs),
     Status(StatusArgs),
+    Requeue(RequeueArgs),
 }
 
 /// Check one peer once and print the result (exit 0 Online, 1 Offline, 2 usage error).
@@ -150,7 +163,7 @@ pub struct CheckArgs {
     pub allow_quic: bool,
 }
 
-/// Show the latest state of every peer from the database (read-only).
+/// Show the probe's own state and the latest state of every peer from the database (read-only).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
@@ -161,6 +174,27 @@ pub struct StatusArgs {
     /// print a JSON array instead of a table
     #[argh(switch)]
     pub json: bool,
+
+    /// exit status 0 when all is well, 1 when a peer is Offline, 2 when the probe itself is unhealthy
+    #[argh(switch)]
+    pub check: bool,
+}
+
+/// Queue results the backend refused for good (set aside) again; works while the daemon runs.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "requeue")]
+pub struct RequeueArgs {
+    /// path of the SQLite database [env DATABASE_PATH]
+    #[argh(option)]
+    pub db: Option<PathBuf>,
+
+    /// the seq of a set-aside result to queue again; repeatable
+    #[argh(option)]
+    pub seq: Vec<i64>,
+
+    /// queue every set-aside result again
+    #[argh(switch)]
+    pub all: bool,
 }
 
 /// Parses argv; `Err` carries the exit status and the text to print.

@@ -110,3 +110,53 @@ pub fn db_path(flag: Option<PathBuf>, env: &dyn Env) -> PathBuf {
     flag.or_else(|| env.get("DATABASE_PATH").map(PathBuf::from))
         .unwrap_or_else(|| default_db_path(env))
 }
+
+/// The database of the packaged service (`StateDirectory=easytier-probe`).
+pub const PACKAGED_DB: &str = "/var/lib/easytier-probe/probe.db";
+
+/// The database `status` reads: as the daemon's (`db_path`) when `--db`,
+/// `DATABASE_PATH` or `STATE_DIRECTORY` says; otherwise ./easytier-probe.db,
+/// or `packaged` when only that one exists, so that `status` finds the
+/// packaged service's database without `--db`.
+pub fn status_db_path(flag: Option<PathBuf>, env: &dyn Env, packaged: &Path) -> PathBuf {
+    let told = flag.is_some() || env.get("DATABASE_PATH").is_some();
+    if told || env.get("STATE_DIRECTORY").is_some() {
+        return db_path(flag, env);
+    }
+    let local = PathBuf::from(DEFAULT_DB_FILE);
+    if !local.exists() && packaged.exists() {
+        return packaged.to_path_buf();
+    }
+    local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_finds_the_packaged_database_when_told_nothing() {
+        let dir = std::env::temp_dir().join(format!("etp-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let packaged = dir.join("probe.db");
+        let none: [(&str, &str); 0] = [];
+        // Not there: the daemon's own default.
+        assert_eq!(
+            status_db_path(None, &none, &packaged),
+            PathBuf::from(DEFAULT_DB_FILE)
+        );
+        std::fs::write(&packaged, b"").unwrap();
+        assert_eq!(status_db_path(None, &none, &packaged), packaged);
+        let env = [("STATE_DIRECTORY", "/srv/state")];
+        assert_eq!(
+            status_db_path(None, &env, &packaged),
+            PathBuf::from("/srv/state/probe.db")
+        );
+        let flag = Some(PathBuf::from("/x.db"));
+        assert_eq!(
+            status_db_path(flag, &none, &packaged),
+            PathBuf::from("/x.db")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -9,12 +9,13 @@ mod env;
 pub mod settings;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::peer::{self, Peer};
 
-pub use cli::{parse_args, CheckArgs, Cli, Command, StatusArgs};
+pub use cli::{parse_args, CheckArgs, Cli, Command, RequeueArgs, StatusArgs};
 pub use env::{default_db_path, read_secret_file, Env, ProcessEnv, DEFAULT_DB_FILE};
 
 /// A secret value. Its `Debug` never shows it, and it has no `Display`:
@@ -45,6 +46,7 @@ pub enum Config {
     Daemon(Box<DaemonConfig>),
     Check(CheckConfig),
     Status(StatusConfig),
+    Requeue(RequeueConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -61,8 +63,13 @@ pub struct DaemonConfig {
     /// Longest time between two full checks of a peer; zero: all full.
     pub version_refresh: Duration,
     pub db_path: PathBuf,
+    /// Days of hourly rollups kept.
     pub retention_days: u32,
+    /// Hours of delivered raw results kept.
+    pub raw_retention_hours: u32,
     pub network_name: Option<String>,
+    /// The HTTP listener's address (`--listen`); None: off.
+    pub listen: Option<SocketAddr>,
     pub allow_quic: bool,
     pub distributed: Option<DistributedConfig>,
     /// Everything after a stop signal fits in this (`EASYTIER_PROBE_STOP_BUDGET_SECS`).
@@ -81,6 +88,8 @@ pub struct DistributedConfig {
     pub status_report_interval: Duration,
     pub report_batch_size: usize,
     pub max_buffered_results: u64,
+    /// Proxy (from the environment) and trusted CAs for backend requests.
+    pub reach: crate::backend::Reach,
 }
 
 #[derive(Debug)]
@@ -97,6 +106,14 @@ pub struct CheckConfig {
 pub struct StatusConfig {
     pub db_path: PathBuf,
     pub json: bool,
+    /// Exit status says how things are (`--check`).
+    pub check: bool,
+}
+
+#[derive(Debug)]
+pub struct RequeueConfig {
+    pub db_path: PathBuf,
+    pub which: crate::store::Requeue,
 }
 
 /// A configuration error: reported with exit status 2.
@@ -164,9 +181,22 @@ impl Cli {
         match self.command {
             Some(Command::Check(args)) => check_config(args).map(Config::Check),
             Some(Command::Status(args)) => Ok(Config::Status(StatusConfig {
-                db_path: env::db_path(args.db, env),
+                db_path: env::status_db_path(args.db, env, Path::new(env::PACKAGED_DB)),
                 json: args.json,
+                check: args.check,
             })),
+            Some(Command::Requeue(args)) => {
+                let which = match (args.all, args.seq.is_empty()) {
+                    (true, true) => crate::store::Requeue::All,
+                    (false, false) => crate::store::Requeue::Seqs(args.seq),
+                    (true, false) => return usage("requeue: give --seq or --all, not both"),
+                    (false, true) => return usage("requeue: give --seq N (repeatable) or --all"),
+                };
+                Ok(Config::Requeue(RequeueConfig {
+                    db_path: env::db_path(args.db, env),
+                    which,
+                }))
+            }
             None => daemon_config(self, env).map(|c| Config::Daemon(Box::new(c))),
         }
     }
@@ -224,6 +254,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
     let confirm_offline = CONFIRM_OFFLINE.read(cli.confirm_offline.take(), env)? as u32;
     let version_refresh = VERSION_REFRESH.read(cli.version_refresh.take(), env)?;
     let retention_days = RETENTION_DAYS.read(cli.retention_days.take(), env)? as u32;
+    let raw_retention_hours = RAW_RETENTION_HOURS.read(cli.raw_retention_hours.take(), env)? as u32;
     let stop_budget = STOP_BUDGET_SECS.read(None, env)?;
     let recycle_after_checks = RECYCLE_AFTER_CHECKS.read(None, env)?;
 
@@ -249,6 +280,7 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
     if network_name.as_deref() == Some("") {
         return usage("--network-name: the name is empty");
     }
+    let listen = listen_address(cli.listen.take(), env)?;
     let allow_quic = env::switch(cli.allow_quic, env, "ALLOW_QUIC")?;
     let distributed = if env::switch(cli.distributed_mode, env, "DISTRIBUTED_MODE_ENABLED")? {
         if peers_file.is_some() || !cli_peers.is_empty() {
@@ -277,11 +309,36 @@ fn daemon_config(mut cli: Cli, env: &dyn Env) -> Result<DaemonConfig> {
         version_refresh: secs(version_refresh),
         db_path: env::db_path(cli.db, env),
         retention_days,
+        raw_retention_hours,
         network_name,
+        listen,
         allow_quic,
         distributed,
         stop_budget: secs(stop_budget),
         recycle_after_checks,
+    })
+}
+
+/// Where the HTTP listener listens unless told otherwise: loopback only, on
+/// a port clear of EasyTier's (11010-11013, 15888) and Prometheus' (9090-9100).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:11090";
+
+/// `--listen`, else `LISTEN_ADDRESS`, else the default: an IP address and a
+/// port (0: the system chooses), or `off`.
+fn listen_address(flag: Option<String>, env: &dyn Env) -> Result<Option<SocketAddr>> {
+    let (text, source) = match (flag, env.get("LISTEN_ADDRESS")) {
+        (Some(flag), _) => (flag, "--listen"),
+        (None, Some(var)) => (var, "LISTEN_ADDRESS (from --listen)"),
+        (None, None) => (DEFAULT_LISTEN.to_string(), "--listen"),
+    };
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        UsageError(format!(
+            "{source}: {text:?} is not ADDR:PORT (an IP address and a port, e.g. {DEFAULT_LISTEN} or [::1]:11090) or off"
+        ))
     })
 }
 
@@ -301,6 +358,16 @@ fn distributed_config(cli: &mut Cli, env: &dyn Env) -> Result<DistributedConfig>
     };
     let backend_base_url =
         backend_base_url(&base).map_err(|problem| UsageError(format!("{source}: {problem}")))?;
+    let ca_file = match (cli.backend_ca_file.take(), env.get("BACKEND_CA_FILE")) {
+        (Some(flag), _) => Some((flag, "--backend-ca-file".to_string())),
+        (None, Some(var)) => Some((
+            var.into(),
+            "BACKEND_CA_FILE (from --backend-ca-file)".into(),
+        )),
+        (None, None) => None,
+    };
+    let reach =
+        crate::backend::Reach::resolve(&backend_base_url, ca_file, env).map_err(UsageError)?;
     let node_token = env::secret(
         cli.node_token.take(),
         cli.node_token_file.take(),
@@ -334,6 +401,7 @@ fn distributed_config(cli: &mut Cli, env: &dyn Env) -> Result<DistributedConfig>
         ),
         report_batch_size: REPORT_BATCH_SIZE.read(cli.report_batch_size.take(), env)? as usize,
         max_buffered_results: MAX_BUFFERED_RESULTS.read(cli.max_buffered_results.take(), env)?,
+        reach,
     })
 }
 
@@ -341,6 +409,7 @@ fn distributed_config(cli: &mut Cli, env: &dyn Env) -> Result<DistributedConfig>
 fn refuse_distributed_flags(cli: &Cli) -> Result<()> {
     let stray = [
         (cli.backend_base_url.is_some(), "--backend-base-url"),
+        (cli.backend_ca_file.is_some(), "--backend-ca-file"),
         (
             cli.node_token.is_some() || cli.node_token_file.is_some(),
             "--node-token",
@@ -503,6 +572,26 @@ mod tests {
         ];
         let c = daemon(&["--peer", "tcp://h:1"], &env).unwrap();
         assert_eq!((c.stop_budget, c.recycle_after_checks), (secs(8), 4));
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_off() {
+        let c = daemon(&["--peer", "tcp://h:1"], &NO_ENV).unwrap();
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        let env = [("LISTEN_ADDRESS", "[::1]:0")];
+        let c = daemon(&["--peer", "tcp://h:1"], &env).unwrap();
+        assert_eq!(c.listen, Some("[::1]:0".parse().unwrap()));
+        let c = daemon(&["--peer", "tcp://h:1", "--listen", "OFF"], &env).unwrap();
+        assert_eq!(c.listen, None);
+        let e = daemon(
+            &["--peer", "tcp://h:1", "--listen", "localhost:80"],
+            &NO_ENV,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("--listen: \"localhost:80\""), "{e}");
+        let env = [("LISTEN_ADDRESS", "11090")];
+        let e = daemon(&["--peer", "tcp://h:1"], &env).unwrap_err();
+        assert!(e.0.starts_with("LISTEN_ADDRESS"), "{e}");
     }
 
     #[test]

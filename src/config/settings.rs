@@ -60,12 +60,23 @@ pub const VERSION_REFRESH: Number = Number {
     min: 0,
     max: 604_800,
 };
+/// Days of history kept as hourly rollups (per peer: checks, Online,
+/// latency, version); the page's 7 d and 30 d figures read them.
 pub const RETENTION_DAYS: Number = Number {
     flag: Some("retention-days"),
     var: "RETENTION_DAYS",
-    default: 30,
+    default: 90,
     min: 1,
     max: 36_500,
+};
+/// Hours a delivered raw result is kept; at least 24, so the 24 h uptime
+/// is computed from raw results. Unacknowledged results are always kept.
+pub const RAW_RETENTION_HOURS: Number = Number {
+    flag: Some("raw-retention-hours"),
+    var: "RAW_RETENTION_HOURS",
+    default: 48,
+    min: 24,
+    max: 876_000,
 };
 pub const PEER_FETCH_INTERVAL: Number = Number {
     flag: Some("peer-fetch-interval"),
@@ -126,6 +137,7 @@ pub const ALL: &[&Number] = &[
     &CONFIRM_OFFLINE,
     &VERSION_REFRESH,
     &RETENTION_DAYS,
+    &RAW_RETENTION_HOURS,
     &PEER_FETCH_INTERVAL,
     &STATUS_REPORT_INTERVAL,
     &REPORT_BATCH_SIZE,

@@ -59,6 +59,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ),
         Some(_) => None,
     };
+    // One daemon per database; like a bad flag, a usage error before any
+    // thread starts. Held until the process ends (or re-executes).
+    let _lock = store::lock::acquire(&config.db_path)?;
     // Like the peers file: an address that cannot be bound stops the start.
     let listener = crate::http::bind(config.listen)?;
     // Before any other thread exists, so every thread inherits the handlers.
@@ -116,6 +119,12 @@ fn start(
     exit_watch: &ExitWatch,
     started: Instant,
 ) -> anyhow::Result<(MainLoop, Threads, Receiver<Finished>, Receiver<PeerUpdate>)> {
+    // The first start after an upgrade may migrate a large database (40 s
+    // for 4 million results): more than the unit's TimeoutStartSec=60.
+    Notifier::new_from_env().extend_start(
+        Duration::from_secs(30 * 60),
+        "opening the database (a first start after an upgrade migrates it)",
+    );
     let conn = store::open_rw(&config.db_path)?;
     let probe_id = store::probe_id(&conn)?;
     let (initial, etag) = match standalone {

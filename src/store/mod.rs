@@ -5,9 +5,14 @@
 //! their own read-only connections (`schema::open_ro`); WAL mode lets them
 //! read while the writer writes.
 
+mod guard;
+mod history;
+pub mod lock;
 mod outbox;
 mod queries;
 mod schema;
+mod vacuum;
+mod watch;
 mod writer;
 
 use std::time::{Duration, Instant};
@@ -19,11 +24,17 @@ use crate::checker::CheckResult;
 use crate::peer::Peer;
 use crate::thread::{ExitWatch, ThreadHandle};
 
-pub use outbox::{outbox_batch, OutboxResult};
+pub use history::{
+    hour_of, long_uptimes, peer_history, peer_known, percent, strips, HourBucket, LongUptimes,
+    HOUR_MS,
+};
+pub use outbox::{outbox_batch, outbox_range, requeue, OutboxResult, Requeue, Requeued};
 pub use queries::{
-    load_active_peers, peer_statuses, summary, PeerStatus, Summary, UnsupportedPeer,
+    load_active_peers, peer_statuses, rejected_results, summary, PeerStatus, RejectedResult,
+    Summary, UnsupportedPeer,
 };
 pub use schema::{get_state, open_ro, open_rw, probe_id};
+pub use watch::{daemon_state, store_figures};
 
 /// Results queued between the workers and the writer. Bounded because it
 /// carries bulk data; the writer never waits on anybody, so senders only ever
@@ -36,6 +47,9 @@ pub const KEY_PEERS_ETAG: &str = "peers_etag";
 /// Where the stored peer list came from (backend URL and region; absent for
 /// a standalone list), so that neither it nor its ETag is reused elsewhere.
 pub const KEY_PEERS_SOURCE: &str = "peers_source";
+/// What the running daemon last recorded about itself for `status`
+/// (`health::DaemonState`, as JSON).
+pub const KEY_DAEMON_STATE: &str = "daemon_state";
 
 /// A peer as the store keeps it: validated, with the reason it is not checked.
 #[derive(Debug, Clone)]
@@ -54,12 +68,26 @@ pub enum StoreMsg {
         /// See `KEY_PEERS_SOURCE`.
         source: Option<String>,
     },
-    /// The backend acknowledged results `first..=last` (a contiguous outbox
-    /// batch). `done` answers whether the acknowledgement is committed.
+    /// The backend acknowledged the results `seqs` (exactly those sent: a
+    /// range could take in a result queued again meanwhile). `done` answers
+    /// whether the acknowledgement is committed.
     Ack {
-        first: i64,
-        last: i64,
+        seqs: Vec<i64>,
         done: Sender<bool>,
+    },
+    /// The backend refused the results `seqs` for good: set them aside
+    /// (kept, never sent again unless the operator queues them again), with
+    /// `reason`. `done` answers whether it is committed.
+    SetAside {
+        seqs: Vec<i64>,
+        reason: String,
+        done: Sender<bool>,
+    },
+    /// Sets a `probe_state` entry. Not retried when the database refuses
+    /// it: whoever sends it sends a fresher value soon.
+    SetState {
+        key: &'static str,
+        value: String,
     },
     /// Answers once everything sent before it is applied: true when it is
     /// committed, false when the database refused the write (kept for a retry).
@@ -70,7 +98,11 @@ pub enum StoreMsg {
 pub struct WriterOptions {
     /// Mark results delivered at once (standalone mode: there is no backend).
     pub auto_ack: bool,
+    /// How long the hourly rollups are kept (`--retention-days`).
     pub retention: Duration,
+    /// How long delivered raw results are kept (`--raw-retention-hours`);
+    /// results still waiting for the backend are always kept.
+    pub raw_retention: Duration,
     /// Most unacknowledged results kept; the oldest beyond it are dropped.
     pub max_buffered: u64,
 }
@@ -135,7 +167,7 @@ pub(crate) mod test_support {
             error_kind: (status == Status::Offline).then_some(crate::checker::ErrorKind::Refused),
             attempts: 1,
             check_kind: crate::checker::CheckKind::Full,
-            latency_kind: Some("rtt"),
+            latency_kind: None,
             version_observed: true,
             checked_at: clock::rfc3339(at),
             checked_at_ms: at,
@@ -186,6 +218,7 @@ pub(crate) mod test_support {
         let options = WriterOptions {
             auto_ack: false,
             retention: Duration::from_secs(86_400),
+            raw_retention: Duration::from_secs(86_400),
             max_buffered,
         };
         spawn(conn, options, None).unwrap()

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::KEY_PROBE_ID;
 
@@ -13,6 +13,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_error_kind_attempts.sql"),
     include_str!("../../sql/003_check_kind.sql"),
+    include_str!("../../sql/004_rejected.sql"),
+    include_str!("../../sql/005_rollups.sql"),
 ];
 
 /// Opens (creating if needed) the database read-write and brings the schema up to date.
@@ -35,8 +37,9 @@ fn configure_rw(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .context("cannot switch the database to WAL mode")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    migrate(conn).with_context(|| format!("database {}", path.display()))?;
-    ensure_probe_id(conn)
+    super::vacuum::configure(conn)
+        .with_context(|| format!("database {}: cannot set up auto-vacuum", path.display()))?;
+    migrate(conn).with_context(|| format!("database {}", path.display()))
 }
 
 /// Builds a new database beside `path` and links it into place only once its
@@ -104,8 +107,19 @@ pub fn open_ro(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Brings the schema up to date and makes sure the probe id exists, in one
+/// transaction that takes the write lock at `BEGIN IMMEDIATE`.
+///
+/// Not a deferred transaction: that one reads `user_version` first and asks
+/// for the write lock only when it writes, and SQLite never waits (busy
+/// timeout) for a lock a transaction needs to upgrade from read to write; it
+/// fails at once with "database is locked". Another connection does hold the
+/// WAL write lock for a moment now and then: a read-only connection (`status`,
+/// the reporter) that is the first to map the `-shm` index rebuilds it, and
+/// holds the write lock while it does. `BEGIN IMMEDIATE` starts with no
+/// snapshot, so it waits for that lock under the busy timeout.
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
         bail!(
@@ -118,6 +132,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
             .with_context(|| format!("migration {} failed", index + 1))?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    ensure_probe_id(&tx)?;
     tx.commit()?;
     Ok(())
 }
@@ -215,6 +230,34 @@ mod tests {
                 .collect();
             assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
         }
+    }
+
+    /// The cause of the flaky test above, made deterministic: another
+    /// connection holds the WAL write lock for a moment while the daemon
+    /// opens the database (a read-only connection does that while it
+    /// rebuilds the WAL index, which `status` or the reporter may do at
+    /// any start). Opening must wait for it (busy timeout), not fail with
+    /// "database is locked".
+    #[test]
+    fn opening_waits_for_a_connection_that_holds_the_write_lock() {
+        let path = temp_db("write-lock");
+        drop(open_rw(&path).unwrap());
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let path = path.to_path_buf();
+            std::thread::spawn(move || {
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked_tx.send(()).unwrap();
+                // How long the lock is held, well under open_rw's 5 s busy timeout.
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        locked_rx.recv().unwrap();
+        let conn = open_rw(&path).expect("waits for the write lock instead of failing");
+        assert_eq!(probe_id(&conn).unwrap().len(), 16);
+        holder.join().unwrap();
     }
 
     #[test]

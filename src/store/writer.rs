@@ -6,7 +6,7 @@ use crossbeam_channel::{select, tick, Receiver};
 use rusqlite::{params, Connection};
 
 use super::outbox::OutboxCap;
-use super::schema::set_or_clear_state;
+use super::schema::{set_or_clear_state, set_state};
 use super::{StoreMsg, StoredPeer, WriterOptions, KEY_PEERS_ETAG, KEY_PEERS_SOURCE};
 use crate::clock;
 
@@ -15,6 +15,8 @@ const MAX_BATCH: usize = 4_096;
 /// Old results deleted per pruning step, so pruning never stalls the writer.
 const PRUNE_STEP_ROWS: usize = 1_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// Hourly rollups older than the retention are deleted this often.
+const ROLLUP_PRUNE_EVERY_MS: i64 = 3_600_000;
 /// Writes the database refused (full disk, I/O error) are kept in memory and
 /// retried every second, up to this many messages; beyond it the oldest
 /// results are given up, with an error in the log.
@@ -29,6 +31,13 @@ pub(super) struct Writer {
     /// A result or peer list was given up since the last `Flush` was
     /// answered: the next one must not say that everything is saved.
     lost_since_flush: bool,
+    /// `PRAGMA data_version` as last seen: it changes when another
+    /// connection commits (`easytier-probe requeue`).
+    data_version: i64,
+    /// When old hourly rollups were last pruned (hourly; 0: not yet).
+    rollups_pruned_ms: i64,
+    /// Notices the database file deleted or replaced under the daemon.
+    guard: super::guard::FileGuard,
 }
 
 impl Writer {
@@ -38,12 +47,17 @@ impl Writer {
                 r.get(0)
             })?;
         let outbox = OutboxCap::new(unacked, options.max_buffered);
+        let data_version = data_version(&conn)?;
+        let guard = super::guard::FileGuard::new(&conn);
         Ok(Writer {
             conn,
             options,
             outbox,
             write_failing: false,
             lost_since_flush: false,
+            data_version,
+            rollups_pruned_ms: 0,
+            guard,
         })
     }
 
@@ -57,6 +71,7 @@ impl Writer {
                     Err(_) => break,
                 },
                 recv(prune) -> _ => {
+                    crate::health::writer_beat();
                     if !batch.is_empty() {
                         // Retained after a failed write: try again.
                         self.apply(&mut batch);
@@ -64,8 +79,14 @@ impl Writer {
                             continue;
                         }
                     }
+                    if let Err(e) = self.guard.check(&mut self.conn) {
+                        log::error!("cannot put the database back: {e:#}; retrying in a second");
+                    }
                     if let Err(e) = self.prune_step() {
                         log::warn!("pruning old results failed: {e:#}");
+                    }
+                    if let Err(e) = self.resync_if_changed() {
+                        log::warn!("counting the outbox again failed: {e:#}");
                     }
                     continue;
                 }
@@ -112,6 +133,7 @@ impl Writer {
                 if self.write_failing {
                     log::info!("the database accepts writes again; retained results are saved");
                     self.write_failing = false;
+                    crate::health::writer_refusing(false);
                 }
                 self.answer_callers(batch, true);
                 batch.clear();
@@ -166,6 +188,7 @@ impl Writer {
                 "cannot write to the database: {error:#}; results are kept in memory and retried every second"
             );
             self.write_failing = true;
+            crate::health::writer_refusing(true);
         }
         self.answer_callers(batch, false);
         batch.retain(is_data);
@@ -179,14 +202,15 @@ impl Writer {
     fn answer_callers(&mut self, msgs: &[StoreMsg], committed: bool) {
         for msg in msgs {
             match msg {
-                StoreMsg::Ack { done, .. } => {
+                StoreMsg::Ack { done, .. } | StoreMsg::SetAside { done, .. } => {
                     let _ = done.send(committed);
                 }
                 StoreMsg::Flush(done) => {
                     let _ = done.send(committed && !self.lost_since_flush);
                     self.lost_since_flush = false;
                 }
-                StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } => {}
+                StoreMsg::Result(_) | StoreMsg::ReplacePeers { .. } | StoreMsg::SetState { .. } => {
+                }
             }
         }
     }
@@ -261,12 +285,13 @@ impl Writer {
                         set_or_clear_state(&tx, KEY_PEERS_ETAG, etag.as_deref())?;
                         set_or_clear_state(&tx, KEY_PEERS_SOURCE, source.as_deref())?;
                     }
-                    StoreMsg::Ack { first, last, .. } => {
-                        acked += tx.execute(
-                            "UPDATE results SET acked = 1 WHERE seq BETWEEN ?1 AND ?2 AND acked = 0",
-                            params![first, last],
-                        )? as u64;
+                    StoreMsg::Ack { seqs, .. } => {
+                        acked += mark_sent(&tx, seqs, 1, None)?;
                     }
+                    StoreMsg::SetAside { seqs, reason, .. } => {
+                        acked += mark_sent(&tx, seqs, 2, Some(reason))?;
+                    }
+                    StoreMsg::SetState { key, value } => set_state(&tx, key, value)?,
                     StoreMsg::Flush(_) => {}
                 }
             }
@@ -279,6 +304,33 @@ impl Writer {
         self.outbox = outbox;
         Ok(())
     }
+}
+
+/// Takes the results `seqs` out of the outbox: acknowledged (`acked` 1) or
+/// set aside (2, with the backend's reason). A result no longer waiting
+/// (delivered meanwhile, dropped by the cap) is left as it is. Returns how
+/// many left the outbox.
+fn mark_sent(
+    tx: &rusqlite::Transaction,
+    seqs: &[i64],
+    acked: i64,
+    reason: Option<&String>,
+) -> rusqlite::Result<u64> {
+    let mut update = tx.prepare_cached(
+        "UPDATE results SET acked = ?2,
+            rejected_at_ms = CASE WHEN ?2 = 2 THEN ?3 END, rejected_reason = ?4
+         WHERE seq = ?1 AND acked = 0",
+    )?;
+    let now = clock::now_ms();
+    let mut changed = 0;
+    for &seq in seqs {
+        changed += update.execute(params![seq, acked, now, reason])? as u64;
+    }
+    Ok(changed)
+}
+
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "data_version", |r| r.get(0))
 }
 
 /// Results and peer lists: what must be written, as opposed to callers waiting.
@@ -303,12 +355,50 @@ fn is_transient(error: &anyhow::Error) -> bool {
 }
 
 impl Writer {
-    /// Deletes a small slice of delivered results older than the retention.
+    /// After another connection committed (`easytier-probe requeue` queues
+    /// set-aside results again), counts the outbox again: the cap must
+    /// count the results queued again too.
+    fn resync_if_changed(&mut self) -> anyhow::Result<()> {
+        let version = data_version(&self.conn)?;
+        if version == self.data_version {
+            return Ok(());
+        }
+        let unacked: u64 =
+            self.conn
+                .query_row("SELECT count(*) FROM results WHERE acked = 0", [], |r| {
+                    r.get(0)
+                })?;
+        self.outbox.resync(unacked);
+        self.data_version = version;
+        Ok(())
+    }
+
+    /// Deletes a small slice of results older than the raw retention that no
+    /// longer wait for delivery: delivered, or set aside (they go with the
+    /// rest of the history).
     fn prune_step(&mut self) -> anyhow::Result<()> {
-        let cutoff = clock::now_ms() - self.options.retention.as_millis() as i64;
+        // Space freed by earlier pruning goes back to the disk, a little
+        // at a time (`vacuum`).
+        super::vacuum::step(&self.conn)?;
+        let now = clock::now_ms();
+        if now >= self.rollups_pruned_ms + ROLLUP_PRUNE_EVERY_MS {
+            super::history::prune_rollups(&self.conn, now, self.options.retention)?;
+            self.rollups_pruned_ms = now;
+        }
+        let cutoff = now - self.options.raw_retention.as_millis() as i64;
+        // Peer by peer through results_by_peer (there is no index on the
+        // time alone since schema version 5): `ids` walks the distinct
+        // peer ids by index seeks, each peer's old rows are a range.
         let deleted = self.conn.execute(
-            "DELETE FROM results WHERE seq IN
-               (SELECT seq FROM results WHERE checked_at_ms < ?1 AND acked = 1 LIMIT ?2)",
+            "DELETE FROM results WHERE seq IN (
+               WITH RECURSIVE ids(id) AS (
+                 SELECT (SELECT min(peer_id) FROM results)
+                 UNION ALL
+                 SELECT (SELECT min(peer_id) FROM results WHERE peer_id > ids.id)
+                 FROM ids WHERE ids.id IS NOT NULL)
+               SELECT r.seq FROM ids JOIN results r
+                 ON r.peer_id = ids.id AND r.checked_at_ms < ?1
+               WHERE r.acked <> 0 LIMIT ?2)",
             params![cutoff, PRUNE_STEP_ROWS],
         )?;
         if deleted > 0 {
@@ -438,6 +528,7 @@ mod tests {
         let options = WriterOptions {
             auto_ack: false,
             retention: Duration::from_secs(86_400),
+            raw_retention: Duration::from_secs(86_400),
             max_buffered: u64::MAX,
         };
         Writer::new(conn, options).unwrap()
@@ -450,8 +541,7 @@ mod tests {
             StoreMsg::Flush(done)
         } else {
             StoreMsg::Ack {
-                first: 0,
-                last: 0,
+                seqs: vec![0],
                 done,
             }
         };
@@ -621,6 +711,7 @@ mod tests {
             WriterOptions {
                 auto_ack: false,
                 retention: Duration::from_secs(86_400),
+                raw_retention: Duration::from_secs(86_400),
                 max_buffered: u64::MAX,
             },
             None,
@@ -652,8 +743,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(1);
         sender
             .send(StoreMsg::Ack {
-                first: 2,
-                last: 2_510,
+                seqs: (2..=2_510).collect(),
                 done: tx,
             })
             .unwrap();
