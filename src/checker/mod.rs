@@ -205,9 +205,11 @@ pub fn check_as(peer: &Peer, opts: &CheckOptions, kind: CheckKind) -> CheckResul
     }
 }
 
-/// Makes EasyTier dial a configured peer within 100 ms of start instead of on
-/// its default 1 s reconnect tick. That tick decides how fast a refused or
-/// rejected peer is known; a check has nothing else to wait for. Process-wide,
+/// Makes EasyTier dial a configured peer within 20 ms of start instead of on
+/// its default 1 s reconnect tick: the connector waits one tick before its
+/// first dial too, so the tick is part of every verdict (measured: a refused
+/// port 120 ms with a 100 ms tick, 60 ms with 20 ms; quick checks likewise).
+/// It also decides how fast a rejected peer is known. Process-wide,
 /// so it is set once before the first check.
 ///
 /// It also routes panics of EasyTier's own tasks to the log (see
@@ -251,7 +253,7 @@ fn log_easytier_task_panics() {
     });
 }
 
-const RECONNECT_INTERVAL_MS: u64 = 100;
+const RECONNECT_INTERVAL_MS: u64 = 20;
 
 fn build_config(peer: &Peer, opts: &CheckOptions) -> Result<TomlConfigLoader, String> {
     let uri = peer.uri();
