@@ -158,11 +158,12 @@ impl TlsBackend {
     }
 }
 
+/// A request line and its headers.
+type Head = (String, Vec<(String, String)>);
+
 /// A request line (or status line) and its headers, names in lower case;
 /// None at the end of the stream.
-fn read_head(
-    reader: &mut impl BufRead,
-) -> std::io::Result<Option<(String, Vec<(String, String)>)>> {
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut first = String::new();
     if reader.read_line(&mut first)? == 0 {
         return Ok(None);

@@ -19,11 +19,14 @@ const API_KEY: &str = "api-key-9e7c51";
 
 /// A backend whose reports side is a `ReportSink` and whose peer list can
 /// be throttled with `Retry-After`.
+/// A status code and a Retry-After value to answer GET /peers with, if any.
+type Throttle = Arc<Mutex<Option<(u16, fn() -> String)>>>;
+
 struct Backend {
     server: FakeBackend,
     reports: Arc<ReportSink>,
     /// Answer GET /peers with this status and `Retry-After` (made by the function).
-    fetch_throttle: Arc<Mutex<Option<(u16, fn() -> String)>>>,
+    fetch_throttle: Throttle,
     /// When each GET /peers came, and the status it was answered with.
     fetches: Arc<Mutex<Vec<(Instant, u16)>>>,
 }
@@ -31,7 +34,7 @@ struct Backend {
 impl Backend {
     fn start(peers: Vec<Value>) -> Backend {
         let reports = Arc::new(ReportSink::default());
-        let fetch_throttle: Arc<Mutex<Option<(u16, fn() -> String)>>> = Arc::default();
+        let fetch_throttle: Throttle = Arc::default();
         let fetches: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
         let (r, t, f) = (reports.clone(), fetch_throttle.clone(), fetches.clone());
         let server =
