@@ -103,3 +103,33 @@ fn a_database_deleted_under_the_daemon_comes_back_with_its_identity() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_thread_that_dies_stops_the_daemon_in_order_with_status_1() {
+    require_private_netns();
+    for thread in ["store-writer", "probe-0", "http"] {
+        let dir = temp_dir(&format!("panic-{thread}"));
+        let args = vec![
+            "--peer".to_string(),
+            format!("tcp://127.0.0.1:{}", free_port()),
+            "--check-interval".to_string(),
+            "1".to_string(),
+        ];
+        let mut daemon = Daemon::start(
+            &dir,
+            &args,
+            &[("EASYTIER_PROBE_TEST_PANIC_THREAD", thread.to_string())],
+        );
+        let code = daemon.wait_exit(Duration::from_secs(30));
+        let log = daemon.log();
+        assert_eq!(code, Some(1), "{thread}: {log}");
+        assert!(
+            log.contains(&format!("the {thread} thread panicked unexpectedly")),
+            "{thread}: said at error level: {log}"
+        );
+        assert!(
+            log.contains("stopped") || log.contains("unexpectedly; stopped"),
+            "{log}"
+        );
+    }
+}
