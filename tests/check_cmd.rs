@@ -81,6 +81,7 @@ fn refused_port_is_offline_long_before_the_timeout() {
     assert_eq!(code, Some(1), "{r}");
     assert_eq!(r["status"], "Offline");
     assert_eq!(r["error"], "connection refused");
+    assert_eq!(r["error_kind"], "refused", "{r}");
     // Fail fast: decided by the refusal, not by the 30 s timeout.
     assert!(r["duration_ms"].as_u64().unwrap() < 10_000, "{r}");
     assert!(r["latency_us"].is_null() && r["response_time"].is_null());
@@ -105,6 +106,7 @@ fn wrong_secret_is_offline_as_rejected() {
     assert_eq!(code, Some(1), "{r}");
     assert_eq!(r["status"], "Offline");
     assert!(r["error"].as_str().unwrap().contains("rejected"), "{r}");
+    assert_eq!(r["error_kind"], "rejected", "{r}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("wrong-secret"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("wrong-secret"));
 }
@@ -122,6 +124,7 @@ fn silent_peer_is_offline_at_the_timeout() {
             .starts_with("timed out after 2.0s"),
         "{r}"
     );
+    assert_eq!(r["error_kind"], "timeout", "{r}");
     assert!(r["duration_ms"].as_u64().unwrap() >= 2000, "{r}");
 }
 

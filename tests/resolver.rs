@@ -44,6 +44,7 @@ fn lookups_decide_fast_only_when_the_name_does_not_exist() {
     assert_eq!(code, Some(1), "{r}");
     let error = r["error"].as_str().unwrap();
     assert!(error.starts_with("name not resolved: ghost.test"), "{r}");
+    assert_eq!(r["error_kind"], "dns", "{r}");
     assert!(r["duration_ms"].as_u64().unwrap() < 5_000, "{r}");
     assert!(
         dns.queries.load(Ordering::SeqCst) > 0,
