@@ -11,7 +11,7 @@ pub mod lock;
 mod outbox;
 mod queries;
 mod schema;
-mod vacuum;
+pub mod vacuum;
 mod watch;
 mod writer;
 

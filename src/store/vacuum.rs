@@ -11,8 +11,9 @@ use rusqlite::Connection;
 
 /// Largest WAL kept between checkpoints.
 pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
-/// Pages freed per step (4 KiB each: 1 MiB a step at most).
-const PAGES_PER_STEP: i64 = 256;
+/// Pages freed per step (4 KiB each: 8 MiB a step at most; BENCHMARKS.md
+/// has the longest step).
+const PAGES_PER_STEP: i64 = 2_048;
 /// `PRAGMA auto_vacuum` value of incremental mode.
 const INCREMENTAL: i64 = 2;
 
@@ -41,8 +42,13 @@ pub fn step(conn: &Connection) -> rusqlite::Result<i64> {
         return Ok(0);
     }
     let pages = free.min(PAGES_PER_STEP);
-    conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
-    Ok(pages)
+    // The pragma frees one page per step of its statement: all of them
+    // must be stepped through (execute_batch would stop after one).
+    let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    let left: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    Ok(free - left)
 }
 
 #[cfg(test)]
@@ -66,7 +72,7 @@ mod tests {
         assert_eq!(mode, INCREMENTAL, "a new database is incremental");
         let empty = pages(&conn);
         conn.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
              INSERT INTO results (peer_id, checked_at_ms, status, role, error, duration_ms, acked)
              SELECT 1, i, 'Offline', 'member', printf('%.200c', 'x'), 1, 1 FROM n;",
         )
@@ -76,11 +82,22 @@ mod tests {
         conn.execute_batch("DELETE FROM results").unwrap();
         assert_eq!(pages(&conn), full, "deleting alone frees nothing");
         let mut steps = 0;
-        while step(&conn).unwrap() > 0 {
+        loop {
+            let freed = step(&conn).unwrap();
+            assert!(freed <= PAGES_PER_STEP, "{freed} pages in one step");
+            if freed == 0 {
+                break;
+            }
             steps += 1;
             assert!(steps < 10_000);
         }
         assert!(steps > 1, "in several small steps");
+        // Each step frees a whole step's worth, not a page.
+        assert!(
+            steps <= (full - empty) / PAGES_PER_STEP + 2,
+            "{steps} steps for {} pages",
+            full - empty
+        );
         assert!(
             pages(&conn) < empty + 50,
             "back near {empty}: {}",
