@@ -330,7 +330,8 @@ fn run_instance(
                 break verdict;
             }
             if until.kind == CheckKind::Quick {
-                if let Some(verdict) = quick_online(&view, now_us) {
+                let check_start_us = now_us - started.elapsed().as_micros() as i64;
+                if let Some(verdict) = quick_online(&view, now_us, check_start_us) {
                     break verdict;
                 }
             }
@@ -348,8 +349,8 @@ fn run_instance(
 
 /// A quick check's Online: a handshake in the expected role (checked by
 /// `EventView::verdict` first) that has held for `QUICK_GRACE`.
-fn quick_online(view: &EventView, now_us: i64) -> Option<Verdict> {
-    let handshake = view.live_handshake(now_us)?;
+fn quick_online(view: &EventView, now_us: i64, check_start_us: i64) -> Option<Verdict> {
+    let handshake = view.live_handshake(now_us, check_start_us)?;
     (handshake.up_us >= QUICK_GRACE.as_micros() as i64).then(|| Verdict {
         status: Some(Status::Online),
         latency_us: handshake.latency_us,

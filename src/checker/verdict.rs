@@ -241,8 +241,11 @@ impl EventView {
         !self.added.is_empty()
     }
 
-    /// The oldest connection still up at `now_us`, if any.
-    pub fn live_handshake(&self, now_us: i64) -> Option<Handshake> {
+    /// The oldest connection still up at `now_us`, if any. `check_start_us`
+    /// stands in for the dial's start when no `Connecting` event precedes
+    /// the handshake (events are stamped when EasyTier's own subscriber
+    /// takes them, and the log of 100 may have lost the oldest).
+    pub fn live_handshake(&self, now_us: i64, check_start_us: i64) -> Option<Handshake> {
         let (_, (added_at, _)) = self
             .added
             .iter()
@@ -253,9 +256,10 @@ impl EventView {
             .iter()
             .copied()
             .filter(|t| t <= added_at)
-            .max();
+            .max()
+            .unwrap_or(check_start_us);
         Some(Handshake {
-            latency_us: dial_start.map(|t| (added_at - t).max(1) as u64),
+            latency_us: Some((added_at - dial_start).max(1) as u64),
             up_us: now_us - added_at,
         })
     }
