@@ -215,59 +215,26 @@ impl BackendClient {
         let mut page = 1u32;
         let mut round_etag = None;
         loop {
-            let mut request =
-                self.through_proxy(self.agent.get(&format!("{}/peers", self.base_url)));
-            if let Some(region) = &self.region {
-                request = request.query("region", region);
-            }
-            if page > 1 {
-                request = request.query("page", &page.to_string());
-            }
-            if let Some(key) = &self.api_key {
-                request = request.set("Authorization", &format!("Bearer {}", key.expose()));
-            }
-            if page == 1 {
-                if let Some(etag) = etag {
-                    request = request.set("If-None-Match", etag);
-                }
-            }
-            let response = crate::metrics::backend_call("peers", request.call())
-                .map_err(|e| self.classify(e, "Authorization"))?;
+            // Only the first page is conditional: the ETag is the round's.
+            let offered = etag.filter(|_| page == 1);
+            let response =
+                crate::metrics::backend_call("peers", self.peers_request(page, offered).call())
+                    .map_err(|e| self.classify(e, "Authorization"))?;
             if response.status() == 304 {
-                if page == 1 && etag.is_some() {
-                    return Ok(FetchOutcome::NotModified);
-                }
-                if page == 1 {
+                return match (page, offered) {
+                    (1, Some(_)) => Ok(FetchOutcome::NotModified),
                     // "Unchanged" since nothing: the answer means nothing.
-                    return Err(BackendError::BadAnswer(
+                    (1, None) => Err(BackendError::BadAnswer(
                         "304 Not Modified to a request without If-None-Match".into(),
-                    ));
-                }
-                return Err(BackendError::BadAnswer(format!("304 for page {page}")));
+                    )),
+                    _ => Err(BackendError::BadAnswer(format!("304 for page {page}"))),
+                };
             }
             require_success(&response)?;
             if page == 1 {
                 round_etag = response.header("ETag").map(str::to_string);
             }
-            let body = read_json(response)?;
-            require_code_200(&body)?;
-            let data = body
-                .get("data")
-                .ok_or_else(|| BackendError::BadAnswer("`data` is missing".into()))?;
-            let peers = data
-                .get("peers")
-                .and_then(|p| p.as_array())
-                .ok_or_else(|| BackendError::BadAnswer("`data.peers` is not a list".into()))?;
-            all.extend(peers.iter().cloned());
-            let more = match data.get("next_batch_available") {
-                None | Some(serde_json::Value::Null) => false,
-                Some(serde_json::Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(BackendError::BadAnswer(format!(
-                        "`data.next_batch_available` is {other}, not true or false"
-                    )))
-                }
-            };
+            let more = read_page(&read_json(response)?, &mut all)?;
             if !more {
                 break;
             }
@@ -292,6 +259,24 @@ impl BackendClient {
             problems,
             pages: page,
         })
+    }
+
+    /// `GET {base}/peers` for one page, with region, page, API key and ETag.
+    fn peers_request(&self, page: u32, etag: Option<&str>) -> ureq::Request {
+        let mut request = self.through_proxy(self.agent.get(&format!("{}/peers", self.base_url)));
+        if let Some(region) = &self.region {
+            request = request.query("region", region);
+        }
+        if page > 1 {
+            request = request.query("page", &page.to_string());
+        }
+        if let Some(key) = &self.api_key {
+            request = request.set("Authorization", &format!("Bearer {}", key.expose()));
+        }
+        if let Some(etag) = etag {
+            request = request.set("If-None-Match", etag);
+        }
+        request
     }
 
     /// Sends one status report; `Ok` only for 2xx with `code` 200.
@@ -395,6 +380,29 @@ fn require_code_200(body: &serde_json::Value) -> Result<(), BackendError> {
         other => Err(BackendError::BadAnswer(format!(
             "`code` is {} instead of 200",
             other.map_or_else(|| "missing".to_string(), |c| c.to_string())
+        ))),
+    }
+}
+
+/// Takes one page's peers into `all`; true when the backend has another page.
+fn read_page(
+    body: &serde_json::Value,
+    all: &mut Vec<serde_json::Value>,
+) -> Result<bool, BackendError> {
+    require_code_200(body)?;
+    let data = body
+        .get("data")
+        .ok_or_else(|| BackendError::BadAnswer("`data` is missing".into()))?;
+    let peers = data
+        .get("peers")
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| BackendError::BadAnswer("`data.peers` is not a list".into()))?;
+    all.extend(peers.iter().cloned());
+    match data.get("next_batch_available") {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(BackendError::BadAnswer(format!(
+            "`data.next_batch_available` is {other}, not true or false"
         ))),
     }
 }
