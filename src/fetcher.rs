@@ -1,28 +1,41 @@
-//! The peer fetcher thread: polls `GET /peers`, backs off on failure, hands complete lists to the main loop.
+//! The peer list thread: `GET /peers` rounds (distributed) or the peers file again on SIGHUP (standalone); each complete list is prepared here and handed to the main loop.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use crossbeam_channel::{after, select, Receiver, Sender};
 
 use crate::backend::{BackendClient, FetchOutcome};
 use crate::backoff::Backoff;
 use crate::peer::{self, Peer};
+use crate::peer_list::{PeerList, Preparer, Retired};
 use crate::thread::{ExitWatch, ThreadHandle};
 
-/// A complete, validated peer round.
-#[derive(Debug)]
-pub struct PeerUpdate {
-    pub peers: Vec<Peer>,
-    pub etag: Option<String>,
+/// Where the peer lists come from.
+pub enum ListSource {
+    /// The backend, polled every `interval`; `etag` is the stored list's.
+    Backend {
+        client: BackendClient,
+        interval: Duration,
+        etag: Option<String>,
+    },
+    /// The peers file (if any) and the `--peer` flags, read when asked.
+    Standalone {
+        peers_file: Option<PathBuf>,
+        cli_peers: Vec<Peer>,
+    },
 }
 
 pub enum Command {
-    /// Fetch at once (SIGHUP).
+    /// Fetch, or read the file, at once (SIGHUP).
     FetchNow,
 }
 
 pub struct FetcherHandle {
     commands: Option<Sender<Command>>,
+    /// What applying a list let go, freed on this thread (see `Retired`).
+    retired: Option<Sender<Retired>>,
     thread: ThreadHandle,
 }
 
@@ -41,39 +54,163 @@ impl FetcherHandle {
         }
     }
 
-    /// Stops the fetcher. A request in flight is not waited for beyond
-    /// `grace`: the fetcher writes nothing, so leaving it to die with the
-    /// process loses nothing and keeps shutdown fast.
+    /// Hands what applying a list let go to this thread, to be freed here.
+    pub fn free(&self, retired: Retired) {
+        if let Some(r) = &self.retired {
+            let _ = r.send(retired);
+        }
+    }
+
+    /// Stops the thread. A request or read in flight is not waited for
+    /// beyond `grace`: the thread writes nothing, so leaving it to die with
+    /// the process loses nothing and keeps shutdown fast.
     pub fn shutdown(mut self, grace: Duration) {
         self.commands.take();
+        self.retired.take();
         self.thread.join_by(Instant::now() + grace);
     }
 }
 
+/// Starts the list thread; `preparer` (which prepared the first list, if
+/// any) prepares the next ones.
 pub fn spawn(
-    client: BackendClient,
-    interval: Duration,
-    etag: Option<String>,
-    updates: Sender<PeerUpdate>,
+    source: ListSource,
+    preparer: Preparer,
+    updates: Sender<PeerList>,
     watch: Option<&ExitWatch>,
 ) -> anyhow::Result<FetcherHandle> {
     let (commands, command_rx) = crossbeam_channel::unbounded();
-    let thread = ThreadHandle::spawn("peer-fetcher", watch, move || {
-        run(client, interval, etag, command_rx, updates)
-    })?;
+    let (retired, retired_rx) = crossbeam_channel::unbounded();
+    let channels = Channels {
+        commands: command_rx,
+        retired: retired_rx,
+        updates,
+    };
+    let thread = match source {
+        ListSource::Backend {
+            client,
+            interval,
+            etag,
+        } => ThreadHandle::spawn("peer-fetcher", watch, move || {
+            run(client, interval, etag, preparer, channels)
+        })?,
+        ListSource::Standalone {
+            peers_file,
+            cli_peers,
+        } => ThreadHandle::spawn("peers-reader", watch, move || {
+            reread_on_request(peers_file, cli_peers, preparer, channels)
+        })?,
+    };
     Ok(FetcherHandle {
         commands: Some(commands),
+        retired: Some(retired),
         thread,
     })
+}
+
+/// The list thread's channels with the main loop.
+struct Channels {
+    commands: Receiver<Command>,
+    retired: Receiver<Retired>,
+    updates: Sender<PeerList>,
+}
+
+/// Reads the peers file: an unreadable or malformed file is an error, an
+/// invalid entry is a warning.
+pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the peers file {}", path.display()))?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the peers file {} is not a JSON array of peer objects",
+            path.display()
+        )
+    })?;
+    let (peers, problems) = peer::validate_list(list);
+    if let Some(summary) = peer::summarize_problems(&problems) {
+        log::warn!("peers file {}: {summary}", path.display());
+    }
+    Ok(peers)
+}
+
+/// The standalone peer set: the file's peers, then `--peer` ones.
+pub fn standalone_peers(
+    peers_file: Option<&Path>,
+    cli_peers: &[Peer],
+) -> anyhow::Result<Vec<Peer>> {
+    let mut peers = match peers_file {
+        Some(path) => read_peers_file(path)?,
+        None => Vec::new(),
+    };
+    let file_ids: std::collections::HashSet<i64> = peers.iter().map(|p| p.id).collect();
+    for peer in cli_peers {
+        if file_ids.contains(&peer.id) {
+            log::warn!(
+                "--peer {}: id {} is already in the peers file; skipped",
+                peer.uri(),
+                peer.id
+            );
+        } else {
+            peers.push(peer.clone());
+        }
+    }
+    Ok(peers)
+}
+
+/// Standalone: each request (SIGHUP) reads the peers again, off the main
+/// loop; requests that came while a read ran collapse into the next one.
+fn reread_on_request(
+    peers_file: Option<PathBuf>,
+    cli_peers: Vec<Peer>,
+    mut preparer: Preparer,
+    channels: Channels,
+) {
+    let Channels {
+        commands,
+        retired,
+        updates,
+    } = channels;
+    loop {
+        select! {
+            recv(commands) -> cmd => match cmd {
+                Ok(Command::FetchNow) => {}
+                Err(_) => return,
+            },
+            recv(retired) -> r => match r {
+                Ok(r) => {
+                    drop(r);
+                    continue;
+                }
+                Err(_) => return,
+            },
+        }
+        let collapsed = commands.try_iter().count();
+        if collapsed > 0 {
+            log::debug!("{collapsed} more SIGHUP(s) collapsed into this read");
+        }
+        match standalone_peers(peers_file.as_deref(), &cli_peers) {
+            Ok(peers) => {
+                if updates.send(preparer.prepare(peers, None)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => log::warn!("SIGHUP: {e:#}; keeping the current peers"),
+        }
+    }
 }
 
 fn run(
     client: BackendClient,
     interval: Duration,
     mut etag: Option<String>,
-    commands: Receiver<Command>,
-    updates: Sender<PeerUpdate>,
+    mut preparer: Preparer,
+    channels: Channels,
 ) {
+    let Channels {
+        commands,
+        retired,
+        updates,
+    } = channels;
     let mut backoff = Backoff::new(FIRST_BACKOFF, interval);
     let mut next = Instant::now();
     // The earliest moment a fetch asked for (SIGHUP) may go: the end of the
@@ -90,6 +227,13 @@ fn run(
                 }
                 Err(_) => return,
             },
+            recv(retired) -> r => match r {
+                Ok(r) => {
+                    drop(r);
+                    continue;
+                }
+                Err(_) => return,
+            },
             recv(after(wait)) -> _ => {}
         }
         let delay = match client.fetch_peers(etag.as_deref()) {
@@ -97,7 +241,7 @@ fn run(
                 if let FetchOutcome::Peers { etag: new_etag, .. } = &outcome {
                     etag = new_etag.clone();
                 }
-                if !hand_over(outcome, &updates) {
+                if !hand_over(outcome, &mut preparer, &updates) {
                     return;
                 }
                 crate::health::fetch_succeeded();
@@ -159,7 +303,7 @@ fn asked_fetch(commands: &Receiver<Command>, next: Instant, not_before: Instant)
 }
 
 /// Hands a complete round to the main loop; false when the loop is gone.
-fn hand_over(outcome: FetchOutcome, updates: &Sender<PeerUpdate>) -> bool {
+fn hand_over(outcome: FetchOutcome, preparer: &mut Preparer, updates: &Sender<PeerList>) -> bool {
     let FetchOutcome::Peers {
         peers,
         etag,
@@ -182,5 +326,5 @@ fn hand_over(outcome: FetchOutcome, updates: &Sender<PeerUpdate>) -> bool {
             format!(", {} invalid skipped", problems.len())
         }
     );
-    updates.send(PeerUpdate { peers, etag }).is_ok()
+    updates.send(preparer.prepare(peers, etag)).is_ok()
 }

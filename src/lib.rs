@@ -13,6 +13,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod peer;
+pub mod peer_list;
 pub mod pool;
 pub mod probe_status;
 pub mod redact;

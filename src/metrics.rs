@@ -2,8 +2,8 @@
 //!
 //! Hooks: `check_finished` (a worker, after a verdict), `retain_peers` (the
 //! main loop, after a new peer set), `backend_answer` (the backend client,
-//! after each request), `scheduling` (the main loop). Figures that live in
-//! the database (outbox, dropped, set aside) and in `health` are read when
+//! after each request), `scheduling` and `main_loop_turn` (the main loop).
+//! Figures that live in the database (outbox, dropped, set aside) and in `health` are read when
 //! /metrics is scraped. Names are listed in the README ("Watching the probe").
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,6 +28,9 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 
 /// Check durations, in seconds: a refused port answers in milliseconds, a
 /// healthy check in one to two seconds, a silent peer at the timeout.
+/// A turn of the main loop over 0.1 s delays checks and the watchdog.
+const TURN_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
 const DURATION_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
@@ -51,6 +54,7 @@ struct Metrics {
     registry: Registry,
     peers: Arc<PeerSeries>,
     check_duration: Histogram,
+    main_loop_turn: Histogram,
     workers: Gauge,
     workers_busy: Gauge,
     peers_waiting: Gauge,
@@ -78,6 +82,7 @@ impl Metrics {
             registry: Registry::default(),
             peers: Arc::new(PeerSeries::default()),
             check_duration: Histogram::new(DURATION_BUCKETS),
+            main_loop_turn: Histogram::new(TURN_BUCKETS),
             workers: Gauge::default(),
             workers_busy: Gauge::default(),
             peers_waiting: Gauge::default(),
@@ -129,6 +134,12 @@ impl Metrics {
             "Time from the start of a check to its verdict",
             Unit::Seconds,
             self.check_duration.clone(),
+        );
+        p.register_with_unit(
+            "main_loop_turn",
+            "Time the main loop spent on one event and the dispatch after it; over 0.1 s, checks and the watchdog wait",
+            Unit::Seconds,
+            self.main_loop_turn.clone(),
         );
         p.register(
             "workers",
@@ -243,8 +254,8 @@ pub fn check_finished(peer: &Peer, result: &CheckResult) {
 }
 
 /// The peer set changed: series of peers no longer checked go away.
-pub fn retain_peers(ids: impl IntoIterator<Item = i64>) {
-    metrics().peers.retain(ids.into_iter().collect());
+pub fn retain_peers(ids: Arc<HashSet<i64>>) {
+    metrics().peers.retain(ids);
 }
 
 /// The backend answered `endpoint` (`peers`, `nodes_status`) with `status`,
@@ -278,6 +289,11 @@ pub fn backend_call(
     outcome
 }
 
+/// One turn of the main loop took `seconds`.
+pub fn main_loop_turn(seconds: f64) {
+    metrics().main_loop_turn.observe(seconds);
+}
+
 /// The main loop's view of the schedule.
 pub fn scheduling(workers: usize, busy: usize, waiting: usize, peers: usize) {
     let m = metrics();
@@ -297,7 +313,7 @@ struct PeerSeries {
 #[derive(Debug, Default)]
 struct PeerMap {
     /// The peers of the current set; None before the first set.
-    allowed: Option<HashSet<i64>>,
+    allowed: Option<Arc<HashSet<i64>>>,
     peers: BTreeMap<i64, PeerFigures>,
 }
 
@@ -351,7 +367,7 @@ impl PeerSeries {
         }
     }
 
-    fn retain(&self, ids: HashSet<i64>) {
+    fn retain(&self, ids: Arc<HashSet<i64>>) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         map.peers.retain(|id, _| ids.contains(id));
         map.allowed = Some(ids);
@@ -466,7 +482,7 @@ mod tests {
     fn peer_series_follow_verdicts_and_the_peer_set() {
         let series = Arc::new(PeerSeries::default());
         let (a, b) = (peer(1, "a"), peer(2, "b \"quoted\""));
-        series.retain([1, 2].into_iter().collect());
+        series.retain(Arc::new([1, 2].into_iter().collect()));
         series.record(&a, &result(1, Status::Online, 5_000));
         let mut off = result(2, Status::Offline, 6_000);
         off.error_kind = Some(ErrorKind::Timeout);
@@ -493,7 +509,7 @@ mod tests {
             "{text}"
         );
         // Peer 2 leaves the set; a late verdict for it does not bring it back.
-        series.retain([1].into_iter().collect());
+        series.retain(Arc::new([1].into_iter().collect()));
         series.record(&b, &off);
         let text = encode_collector(&series);
         assert!(!text.contains("peer_id=\"2\""), "{text}");

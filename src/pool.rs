@@ -43,7 +43,7 @@ pub enum Plan {
 /// when the peer is removed or changed while the job waits in the queue, so
 /// that a stale definition is never checked.
 pub struct Job {
-    pub peer: Peer,
+    pub peer: Arc<Peer>,
     pub cancelled: Arc<AtomicBool>,
     /// How many more checks confirm a failure before Offline is recorded
     /// (`--confirm-offline`; 0 for a peer already Offline).
@@ -248,7 +248,7 @@ mod tests {
         // Loopback: should cancellation break, the check stays on the machine.
         let peer = crate::peer::peer_from_uri("tcp://127.0.0.1:1").unwrap();
         let job = Job {
-            peer: peer.clone(),
+            peer: Arc::new(peer.clone()),
             cancelled: Arc::new(AtomicBool::new(true)),
             confirm: 1,
             plan: Plan::Full,

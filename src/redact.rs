@@ -4,12 +4,17 @@
 //! network secret), kept for the life of the process, and the network
 //! secrets of the peers being watched, replaced whenever the peer list is
 //! (a peer no longer watched has its secret forgotten). One Aho-Corasick
-//! automaton over both is rebuilt on each change, so registering 100,000
-//! secrets is one build, and cleaning a line costs one pass over it, not one
-//! search per secret.
+//! automaton over both cleans a line in one pass, however many secrets.
+//!
+//! Building the automaton for 100,000 secrets takes a tenth of a second or
+//! more, so it is never built under the lock (every log line takes the lock
+//! to read) nor on the main loop: a list's thread stages its secrets
+//! ([`stage_network_secrets`]) and the main loop only swaps them in
+//! ([`install_network_secrets`]). A generation number tells a swap whether
+//! anything was registered since the staging; if so, the wider set stays.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -19,84 +24,160 @@ const REDACTED: &str = "<redacted>";
 /// into `<redacted>` (which would also tell the reader what the secret is).
 const SHORT_SECRET: usize = 8;
 
+type Secrets = Arc<BTreeSet<String>>;
+
 #[derive(Default)]
 struct Registry {
-    own: BTreeSet<String>,
-    network: BTreeSet<String>,
+    own: Secrets,
+    network: Secrets,
     /// Over `own` and `network`, longest match first; None when both are empty.
     matcher: Option<Arc<AhoCorasick>>,
+    /// Moves on every registration (even one that adds nothing new: a list
+    /// read after a staging must keep its secrets) and every swap.
+    generation: u64,
 }
 
-impl Registry {
-    fn rebuild(&mut self) {
-        let patterns: Vec<&String> = self.own.iter().chain(self.network.iter()).collect();
-        self.matcher = if patterns.is_empty() {
-            None
-        } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(patterns)
-                .ok()
-                .map(Arc::new)
-        };
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(Default::default);
+
+fn build(own: &BTreeSet<String>, network: &BTreeSet<String>) -> Option<Arc<AhoCorasick>> {
+    if own.is_empty() && network.is_empty() {
+        return None;
     }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(own.iter().chain(network.iter()))
+        .ok()
+        .map(Arc::new)
 }
 
-static REGISTRY: RwLock<Option<Registry>> = RwLock::new(None);
+fn read() -> std::sync::RwLockReadGuard<'static, Registry> {
+    REGISTRY.read().unwrap_or_else(|e| e.into_inner())
+}
 
-fn update(change: impl FnOnce(&mut Registry) -> bool) {
-    let mut guard = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    let registry = guard.get_or_insert_with(Registry::default);
-    if change(registry) {
-        registry.rebuild();
+fn write() -> std::sync::RwLockWriteGuard<'static, Registry> {
+    REGISTRY.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Adds `own` and `network` secrets to what is registered: the new sets
+/// and their automaton are built outside the lock, then swapped in if
+/// nothing else registered meanwhile (otherwise built again from the newer
+/// sets). The generation moves even when nothing was new.
+fn register(own: &[&str], network: &[&str]) {
+    loop {
+        let (old_own, old_network, generation) = {
+            let r = read();
+            (r.own.clone(), r.network.clone(), r.generation)
+        };
+        let new_own = old_own.len() + own.iter().filter(|s| !old_own.contains(**s)).count();
+        let new_network = old_network.len()
+            + network
+                .iter()
+                .filter(|s| !old_network.contains(**s))
+                .count();
+        let changed = new_own != old_own.len() || new_network != old_network.len();
+        let built = changed.then(|| {
+            let grow = |old: &Secrets, more: &[&str]| {
+                let mut set = (**old).clone();
+                set.extend(more.iter().map(|s| s.to_string()));
+                Arc::new(set)
+            };
+            let (own, network) = (grow(&old_own, own), grow(&old_network, network));
+            let matcher = build(&own, &network);
+            (own, network, matcher)
+        });
+        let mut r = write();
+        if r.generation != generation {
+            continue;
+        }
+        r.generation += 1;
+        if let Some((own, network, matcher)) = built {
+            r.own = own;
+            r.network = network;
+            r.matcher = matcher;
+        }
+        return;
     }
 }
 
 /// Registers one of the probe's own secrets (token, key), for good.
 pub fn add_secret(secret: &str) {
-    if secret.is_empty() {
-        return;
+    if !secret.is_empty() {
+        register(&[secret], &[]);
     }
-    update(|r| r.own.insert(secret.to_string()));
 }
 
-/// Adds network secrets (from a list being read), in one rebuild.
+/// Adds network secrets (from a list being read), before anything about
+/// the list can be printed: the secrets of the list in use stay too, since
+/// its checks go on until the new list is applied.
 pub fn add_network_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) {
-    let mut new: Vec<String> = secrets
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    if new.is_empty() {
-        return;
-    }
-    update(|r| {
-        let before = r.network.len();
-        r.network.extend(new.drain(..));
-        r.network.len() != before
-    });
+    let new: Vec<&str> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+    register(&[], &new);
 }
 
-/// The network secrets of the peers watched now: those of peers no longer
-/// watched are forgotten.
-pub fn set_network_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) {
+/// A list's network secrets and their automaton, built by the list's
+/// thread for [`install_network_secrets`] to swap in.
+pub struct StagedSecrets {
+    generation: u64,
+    network: Secrets,
+    matcher: Option<Arc<AhoCorasick>>,
+}
+
+/// Builds, on the calling thread, what redaction becomes once the list
+/// with these network secrets is the one watched. Call it after
+/// [`add_network_secrets`] for the same list.
+pub fn stage_network_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) -> StagedSecrets {
     let network: BTreeSet<String> = secrets
         .into_iter()
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    update(|r| {
-        if r.network == network {
-            return false;
-        }
-        r.network = network;
-        true
-    });
+    let (own, generation) = {
+        let r = read();
+        (r.own.clone(), r.generation)
+    };
+    let matcher = build(&own, &network);
+    StagedSecrets {
+        generation,
+        network: Arc::new(network),
+        matcher,
+    }
+}
+
+/// What a swap let go (the replaced sets, or the staged ones when the swap
+/// did not happen): large, so the caller frees it off the main loop.
+pub struct RetiredSecrets {
+    _network: Secrets,
+    _matcher: Option<Arc<AhoCorasick>>,
+}
+
+/// Makes a staged list's secrets the network secrets (those of peers no
+/// longer watched are forgotten): a swap, cheap enough for the main loop.
+/// When anything was registered since the staging (a newer list was read,
+/// or an own secret added), the wider set registered now is kept instead,
+/// until the next list: redacting too much is safe, too little is not.
+/// Returns whether the staged set was swapped in, and what to free.
+pub fn install_network_secrets(staged: StagedSecrets) -> (bool, RetiredSecrets) {
+    let StagedSecrets {
+        generation,
+        mut network,
+        mut matcher,
+    } = staged;
+    let mut r = write();
+    let installed = r.generation == generation;
+    if installed {
+        r.generation += 1;
+        std::mem::swap(&mut r.network, &mut network);
+        std::mem::swap(&mut r.matcher, &mut matcher);
+    }
+    let retired = RetiredSecrets {
+        _network: network,
+        _matcher: matcher,
+    };
+    (installed, retired)
 }
 
 fn matcher() -> Option<Arc<AhoCorasick>> {
-    let guard = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    guard.as_ref().and_then(|r| r.matcher.clone())
+    read().matcher.clone()
 }
 
 /// `text` with every known secret and every secret digest replaced, and
@@ -201,13 +282,38 @@ mod tests {
             Some("peer network_secret: \"<redacted>\" here")
         );
         assert_eq!(clean("every peer sees the tree"), None);
-        // The list changes: the old peer's secret is forgotten, the token stays.
-        set_network_secrets(["new-network-secret"]);
+        // The list changes: while the new list is read its secrets join the
+        // old ones (checks of the old list still run)...
+        add_network_secrets(["new-network-secret"]);
+        let staged = stage_network_secrets(["new-network-secret"]);
+        assert_eq!(clean("s3cret-long-1").as_deref(), Some("<redacted>"));
+        // ...and once it is applied the old peer's secret is forgotten, the
+        // token stays.
+        assert!(install_network_secrets(staged).0);
         assert_eq!(clean("s3cret-long-1"), None);
         assert_eq!(
             clean("hunter2-token new-network-secret").as_deref(),
             Some("<redacted> <redacted>")
         );
+        // A list read after another was staged: applying the older one must
+        // not forget the newer list's secrets, even those already known.
+        add_network_secrets(["list-b-secret"]);
+        let staged_b = stage_network_secrets(["list-b-secret"]);
+        add_network_secrets(["list-c-secret", "new-network-secret"]);
+        let staged_c = stage_network_secrets(["list-c-secret", "new-network-secret"]);
+        assert!(!install_network_secrets(staged_b).0);
+        assert_eq!(
+            clean("list-c-secret new-network-secret").as_deref(),
+            Some("<redacted> <redacted>")
+        );
+        assert!(install_network_secrets(staged_c).0);
+        assert_eq!(clean("list-b-secret"), None);
+        assert_eq!(clean("list-c-secret").as_deref(), Some("<redacted>"));
+        // An own secret registered after a staging is not lost by the swap.
+        let staged_d = stage_network_secrets(["list-d-secret"]);
+        add_secret("late-own-token");
+        assert!(!install_network_secrets(staged_d).0);
+        assert_eq!(clean("late-own-token").as_deref(), Some("<redacted>"));
         // A hostile list's worth of secrets is one build, not one per secret.
         let bulk: Vec<String> = (0..100_000)
             .map(|i| format!("bulk-secret-{i:06}"))

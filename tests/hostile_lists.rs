@@ -166,3 +166,76 @@ fn many_invalid_entries_are_one_short_warning_per_round() {
         "one line per entry: {log}"
     );
 }
+
+#[test]
+fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
+    require_private_netns();
+    // Quic peers are not checked, and the warning about them names them:
+    // a name holding a secret shows what the redaction knows at the time.
+    let quic = |id: i64, name: &str| peer_json(id, name, "127.0.0.1", 1, "quic", "", None);
+    let member = |id: i64, secret: &str| {
+        peer_json(
+            id,
+            "member",
+            "127.0.0.1",
+            free_port(),
+            "tcp",
+            "net",
+            Some(secret),
+        )
+    };
+    let second = Arc::new(AtomicUsize::new(0));
+    let mode = second.clone();
+    let backend = FakeBackend::start(move |r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") if mode.load(Ordering::SeqCst) == 0 => Response::json(
+            200,
+            peers_page(
+                vec![
+                    member(1, "first-list-secret"),
+                    quic(10, "one: first-list-secret ."),
+                ],
+                false,
+            ),
+        ),
+        ("GET", "/api/peers") => Response::json(
+            200,
+            peers_page(
+                vec![
+                    member(2, "second-list-secret"),
+                    quic(11, "two: first-list-secret second-list-secret ."),
+                ],
+                false,
+            ),
+        ),
+        _ => Response::json(200, ok_answer()),
+    });
+    let dir = temp_dir("secrets-follow-lists");
+    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    let warning = |name_part: &'static str| {
+        let daemon = &daemon;
+        move || {
+            daemon
+                .log()
+                .lines()
+                .find(|l| l.contains("not checking") && l.contains(name_part))
+                .map(str::to_string)
+        }
+    };
+    let first = wait_for(
+        "the first list's warning",
+        Duration::from_secs(20),
+        warning("one: "),
+    );
+    assert!(first.contains("one: <redacted> ."), "{first}");
+    second.store(1, Ordering::SeqCst);
+    let next = wait_for(
+        "the second list's warning",
+        Duration::from_secs(20),
+        warning("two: "),
+    );
+    // Applied: the new list's secret is known, the old one forgotten.
+    assert!(
+        next.contains("two: first-list-secret <redacted> ."),
+        "{next}"
+    );
+}

@@ -120,6 +120,8 @@ fn metrics_and_health_describe_every_peer() {
     let offline = ["peer_id=\"3\"", "result=\"offline\""];
     assert!(sample(body, "easytier_probe_peer_checks_total", &offline).unwrap() >= 1.0);
     assert!(sample(body, "easytier_probe_check_duration_seconds_count", &[]).unwrap() >= 3.0);
+    // Each turn of the main loop is timed (the checks' results were turns).
+    assert!(sample(body, "easytier_probe_main_loop_turn_seconds_count", &[]).unwrap() >= 3.0);
     assert_eq!(sample(body, "easytier_probe_workers", &[]), Some(32.0));
     assert_eq!(sample(body, "easytier_probe_healthy", &[]), Some(1.0));
     let build = [&*format!("easytier_version=\"{}\"", easytier::VERSION)];

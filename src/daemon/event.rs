@@ -12,8 +12,8 @@ use super::signals::Signal;
 use super::Threads;
 use crate::checker::Status;
 use crate::config::DaemonConfig;
-use crate::fetcher::PeerUpdate;
 use crate::peer::Peer;
+use crate::peer_list::PeerList;
 use crate::pool::{Finished, Job, Observed, Plan};
 use crate::schedule::Schedule;
 use crate::sdnotify::Notifier;
@@ -29,9 +29,9 @@ pub enum Event {
     Signal(Signal),
     /// A check ended (or was not run); its peer can be scheduled again.
     Finished(Finished),
-    /// A complete peer list from the fetcher.
-    Peers(PeerUpdate),
-    /// The fetcher's channel closed: its thread is ending.
+    /// A complete peer list from the list thread, prepared off the loop.
+    Peers(PeerList),
+    /// The list thread's channel closed: it is ending.
     FetcherGone,
     /// A long-lived thread ended while the daemon runs.
     ThreadExited(ThreadExit),
@@ -39,6 +39,22 @@ pub enum Event {
     SummaryTick,
     /// A check may be due, or the idle wake-up.
     Wake,
+}
+
+impl Event {
+    /// What the event is, in words, for a slow-turn warning.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Event::Signal(_) => "a signal",
+            Event::Finished(_) => "a finished check",
+            Event::Peers(_) => "a new peer list",
+            Event::FetcherGone => "the end of the list thread",
+            Event::ThreadExited(_) => "a thread's end",
+            Event::WatchdogTick => "the watchdog",
+            Event::SummaryTick => "the cycle summary",
+            Event::Wake => "dispatching due checks",
+        }
+    }
 }
 
 /// Why the main loop ended.
@@ -56,7 +72,7 @@ pub enum Exit {
 pub struct Sources {
     pub signals: Receiver<Signal>,
     pub finished: Receiver<Finished>,
-    pub updates: Receiver<PeerUpdate>,
+    pub updates: Receiver<PeerList>,
     pub exits: Receiver<ThreadExit>,
     pub watchdog: Receiver<Instant>,
     pub summary: Receiver<Instant>,
@@ -98,7 +114,6 @@ struct CycleStats {
 pub struct MainLoop {
     pub schedule: Schedule,
     pub store: Sender<StoreMsg>,
-    pub allow_quic: bool,
     confirm_offline: u32,
     version_refresh: Duration,
     /// What the last full check of each Online peer saw, and when.
@@ -110,7 +125,7 @@ pub struct MainLoop {
     pub peers_source: Option<String>,
     /// Jobs handed to the pool and not finished: the peer as dispatched and
     /// its cancel flag, set when the peer is removed or changed meanwhile.
-    pub jobs: HashMap<i64, (Peer, Arc<AtomicBool>)>,
+    pub jobs: HashMap<i64, (Arc<Peer>, Arc<AtomicBool>)>,
     cycle: CycleStats,
     /// Checks finished by this process, for the recycle.
     checks_done: u64,
@@ -121,7 +136,6 @@ impl MainLoop {
         MainLoop {
             schedule: Schedule::new(config.check_interval),
             store,
-            allow_quic: config.allow_quic,
             confirm_offline: config.confirm_offline,
             version_refresh: config.version_refresh,
             observed: HashMap::new(),
@@ -142,6 +156,8 @@ impl MainLoop {
         sources: &mut Sources,
         notifier: &Notifier,
     ) -> Exit {
+        // The event being handled and when its turn began.
+        let mut turn: Option<(&'static str, Instant)> = None;
         loop {
             if self.checks_done >= config.recycle_after_checks {
                 log::info!(
@@ -152,7 +168,11 @@ impl MainLoop {
             }
             let wait = self.dispatch(threads, Instant::now());
             self.publish(config);
+            if let Some((event, began)) = turn.take() {
+                super::watch::turn_ended(event, began.elapsed());
+            }
             let event = next_event(sources, wait);
+            turn = Some((event.describe(), Instant::now()));
             if let Some(exit) = self.handle(event, config, threads, sources, notifier) {
                 return exit;
             }
@@ -177,7 +197,10 @@ impl MainLoop {
             }
             Event::Signal(Signal::Reload) => self.reload(config, threads),
             Event::Finished(f) => self.finished(f),
-            Event::Peers(u) => self.apply_peers(u.peers, u.etag, true),
+            Event::Peers(list) => {
+                let retired = self.apply_peers(list, true);
+                threads.fetcher.free(retired);
+            }
             // The thread's own exit event follows and decides.
             Event::FetcherGone => sources.updates = never(),
             Event::ThreadExited(exit) => {
@@ -205,18 +228,15 @@ impl MainLoop {
         None
     }
 
-    /// SIGHUP: re-read the peers (standalone) or fetch the list now (distributed).
+    /// SIGHUP: the list thread re-reads the peers (standalone) or fetches
+    /// the list now (distributed); the list comes back as `Event::Peers`.
     fn reload(&mut self, config: &DaemonConfig, threads: &Threads) {
-        match &threads.fetcher {
-            None => match peers::standalone_peers(config) {
-                Ok(peers) => self.apply_peers(peers, None, true),
-                Err(e) => log::warn!("SIGHUP: {e:#}; keeping the current peers"),
-            },
-            Some(fetcher) => {
-                log::info!("SIGHUP: fetching the peer list now");
-                fetcher.fetch_now();
-            }
+        if config.distributed.is_some() {
+            log::info!("SIGHUP: fetching the peer list now");
+        } else {
+            log::info!("SIGHUP: reading the peers again");
         }
+        threads.fetcher.fetch_now();
     }
 
     /// Hands due checks to idle workers and says how long the loop may

@@ -1,7 +1,7 @@
 //! The daemon: start the threads, run the main loop, shut down in order, and re-execute when it is time.
 //!
 //! ```text
-//! signals ─► main loop ◄─ fetcher (distributed)      workers ─► store writer ◄─ reporter
+//! signals ─► main loop ◄─ list thread (fetcher or peers reader)   workers ─► store writer ◄─ reporter
 //!               └─ due peers ─► bounded job queue ─► workers ─► finished ─► main loop
 //! every thread's end ─► main loop (an unexpected one stops the daemon, exit status 1)
 //! ```
@@ -20,7 +20,8 @@ use crossbeam_channel::{never, tick, Receiver, Sender};
 use crate::backend::BackendClient;
 use crate::checker::{self, CheckOptions};
 use crate::config::{DaemonConfig, DistributedConfig, UsageError};
-use crate::fetcher::{self, FetcherHandle, PeerUpdate};
+use crate::fetcher::{self, FetcherHandle, ListSource};
+use crate::peer_list::{PeerList, Preparer};
 use crate::pool::{Finished, ProbePool};
 use crate::reporter::{self, ReporterHandle, ReporterOptions};
 use crate::sdnotify::Notifier;
@@ -28,13 +29,14 @@ use crate::store::{self, StoreHandle, WriterOptions};
 use crate::thread::ExitWatch;
 use event::{Exit, MainLoop, Sources};
 
-pub use peers::read_peers_file;
+pub use crate::fetcher::read_peers_file;
 
 /// The long-lived threads the main loop drives and the shutdown stops.
 pub struct Threads {
     pool: ProbePool,
     store: StoreHandle,
-    fetcher: Option<FetcherHandle>,
+    /// The list thread: the fetcher, or the peers-file reader.
+    fetcher: FetcherHandle,
     reporter: Option<ReporterHandle>,
 }
 
@@ -54,7 +56,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     // A bad peers file is a usage error, found before any thread starts.
     let standalone = match config.distributed {
         None => Some(
-            peers::standalone_peers(&config)
+            fetcher::standalone_peers(config.peers_file.as_deref(), &config.cli_peers)
                 .map_err(|e| UsageError(format!("{}: {e:#}", config.peers_file_source)))?,
         ),
         Some(_) => None,
@@ -118,7 +120,7 @@ fn start(
     standalone: Option<Vec<crate::peer::Peer>>,
     exit_watch: &ExitWatch,
     started: Instant,
-) -> anyhow::Result<(MainLoop, Threads, Receiver<Finished>, Receiver<PeerUpdate>)> {
+) -> anyhow::Result<(MainLoop, Threads, Receiver<Finished>, Receiver<PeerList>)> {
     // The first start after an upgrade may migrate a large database (40 s
     // for 4 million results): more than the unit's TimeoutStartSec=60.
     Notifier::new_from_env().extend_start(
@@ -145,15 +147,25 @@ fn start(
     // answers 304 no new list comes, and the stored skip reasons must follow
     // this run's settings (--allow-quic), or `status` would show them wrong.
     let persist = config.distributed.is_none() || !initial.is_empty();
-    main.apply_peers(initial, etag.clone(), persist);
+    // Before the loop runs: what this lets go (nothing, the schedule is
+    // empty) may be freed here.
+    let mut preparer = Preparer::new(config.allow_quic);
+    let _ = main.apply_peers(preparer.prepare(initial, etag.clone()), persist);
     let (updates_tx, updates) = crossbeam_channel::unbounded();
-    let (fetcher, reporter, updates) = match &config.distributed {
-        None => (None, None, never()),
+    let (fetcher, reporter) = match &config.distributed {
+        None => {
+            let source = ListSource::Standalone {
+                peers_file: config.peers_file.clone(),
+                cli_peers: config.cli_peers.clone(),
+            };
+            let reader = fetcher::spawn(source, preparer, updates_tx, Some(exit_watch))?;
+            (reader, None)
+        }
         Some(d) => {
             let (fetcher, reporter) = spawn_distributed(
-                d, config, &probe_id, etag, &store, updates_tx, exit_watch, started,
+                d, config, &probe_id, etag, preparer, &store, updates_tx, exit_watch, started,
             )?;
-            (Some(fetcher), Some(reporter), updates)
+            (fetcher, Some(reporter))
         }
     };
     let threads = Threads {
@@ -173,8 +185,9 @@ fn spawn_distributed(
     config: &DaemonConfig,
     probe_id: &str,
     etag: Option<String>,
+    preparer: Preparer,
     store: &StoreHandle,
-    updates: Sender<PeerUpdate>,
+    updates: Sender<PeerList>,
     exit_watch: &ExitWatch,
     started: Instant,
 ) -> anyhow::Result<(FetcherHandle, ReporterHandle)> {
@@ -189,13 +202,12 @@ fn spawn_distributed(
             &d.reach,
         )
     };
-    let fetcher = fetcher::spawn(
-        client(d.peer_fetch_interval),
-        d.peer_fetch_interval,
+    let source = ListSource::Backend {
+        client: client(d.peer_fetch_interval),
+        interval: d.peer_fetch_interval,
         etag,
-        updates,
-        Some(exit_watch),
-    )?;
+    };
+    let fetcher = fetcher::spawn(source, preparer, updates, Some(exit_watch))?;
     let options = ReporterOptions {
         db_path: config.db_path.clone(),
         interval: d.status_report_interval,

@@ -1,54 +1,15 @@
-//! Peer sources and the transport policy: the peers file and `--peer` flags, the cached backend list, and which peers are not checked.
+//! Applying a peer list on the main loop, the cached backend list at start, and the warning about peers not checked.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
-
-use anyhow::Context;
 
 use super::event::MainLoop;
 use crate::config::DaemonConfig;
-use crate::peer::{self, Peer};
-use crate::store::{self, StoreMsg, StoredPeer};
-
-/// Reads the peers file: an unreadable or malformed file is an error, an
-/// invalid entry is a warning.
-pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the peers file {}", path.display()))?;
-    let list: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "the peers file {} is not a JSON array of peer objects",
-            path.display()
-        )
-    })?;
-    let (peers, problems) = peer::validate_list(list);
-    if let Some(summary) = peer::summarize_problems(&problems) {
-        log::warn!("peers file {}: {summary}", path.display());
-    }
-    Ok(peers)
-}
-
-/// The standalone peer set: the file's peers, then `--peer` ones.
-pub fn standalone_peers(config: &DaemonConfig) -> anyhow::Result<Vec<Peer>> {
-    let mut peers = match &config.peers_file {
-        Some(path) => read_peers_file(path)?,
-        None => Vec::new(),
-    };
-    for peer in &config.cli_peers {
-        if peers.iter().any(|p| p.id == peer.id) {
-            log::warn!(
-                "--peer {}: id {} is already in the peers file; skipped",
-                peer.uri(),
-                peer.id
-            );
-        } else {
-            peers.push(peer.clone());
-        }
-    }
-    Ok(peers)
-}
+use crate::peer::Peer;
+use crate::peer_list::{PeerList, Retired};
+use crate::store::{self, StoreMsg};
 
 /// What the stored list and its ETag are tied to: the backend URL and
 /// region (None for a standalone list). See `store::KEY_PEERS_SOURCE`.
@@ -88,27 +49,28 @@ pub fn cached_peers(
 }
 
 impl MainLoop {
-    /// Takes a complete peer set: stores it, warns about skipped peers, reschedules.
-    pub fn apply_peers(&mut self, peers: Vec<Peer>, etag: Option<String>, persist: bool) {
-        // The main loop's whole stall for a new list (benches/lists.rs).
+    /// Takes a complete peer set, prepared off the loop (`PeerList`):
+    /// stores it, warns about skipped peers, reschedules. Nothing here
+    /// builds, copies or frees anything in proportion to the list but the
+    /// schedule's own entries (`benches/lists.rs` measures the stall); what
+    /// the list replaced is returned, for the list thread to free.
+    pub fn apply_peers(&mut self, list: PeerList, persist: bool) -> Retired {
         let started = Instant::now();
-        let mut checkable = Vec::with_capacity(peers.len());
-        let mut stored = Vec::with_capacity(peers.len());
-        let mut skipped = Vec::new();
+        let PeerList {
+            stored,
+            checkable,
+            checkable_ids,
+            skipped,
+            etag,
+            secrets,
+        } = list;
         // The secrets of the peers watched from now on; those of peers no
         // longer watched are forgotten.
-        crate::redact::set_network_secrets(
-            peers.iter().filter_map(|p| p.network_secret.as_deref()),
-        );
-        for peer in peers {
-            let skip_reason = peer.unsupported_reason(self.allow_quic).map(str::to_string);
-            if skip_reason.is_some() {
-                skipped.push(peer.clone());
-            } else {
-                checkable.push(peer.clone());
-            }
-            stored.push(StoredPeer { peer, skip_reason });
+        let (installed, retired_secrets) = crate::redact::install_network_secrets(secrets);
+        if !installed {
+            log::debug!("a newer peer list was read meanwhile: its secrets stay redacted too");
         }
+        eprintln!("T install {:?}", started.elapsed());
         self.warn_skipped(&skipped);
         if persist {
             let msg = StoreMsg::ReplacePeers {
@@ -120,21 +82,32 @@ impl MainLoop {
                 log::error!("the store writer is gone; the new peer list is not saved");
             }
         }
+        eprintln!("T store {:?}", started.elapsed());
+        let mut retired = Retired {
+            peers: Vec::new(),
+            secrets: Some(retired_secrets),
+        };
+        let changes = self.schedule.replace(
+            checkable,
+            &checkable_ids,
+            Instant::now(),
+            &mut retired.peers,
+        );
+        eprintln!("T replace {:?}", started.elapsed());
         // A peer whose address or network changed may be another node:
         // its next check is full.
-        for peer in &checkable {
-            if self.schedule.peer(peer.id).is_some_and(|p| p != peer) {
-                self.observed.remove(&peer.id);
-            }
+        for id in &changes.updated {
+            self.observed.remove(id);
         }
-        let checkable_ids: Vec<i64> = checkable.iter().map(|p| p.id).collect();
-        let changes = self.schedule.replace(checkable, Instant::now());
-        let schedule = &self.schedule;
-        self.last_status.retain(|id, _| schedule.contains(*id));
-        self.observed.retain(|id, _| schedule.contains(*id));
+        eprintln!("T observed {:?}", started.elapsed());
+        self.last_status.retain(|id, _| checkable_ids.contains(id));
+        self.observed.retain(|id, _| checkable_ids.contains(id));
+        eprintln!("T retain {:?}", started.elapsed());
         crate::metrics::retain_peers(checkable_ids);
+        eprintln!("T metrics {:?}", started.elapsed());
+        let schedule = &self.schedule;
         for (id, (peer, cancelled)) in &self.jobs {
-            if schedule.peer(*id) != Some(peer) {
+            if schedule.peer(*id) != Some(&**peer) {
                 // A queued job is dropped; one already running finishes.
                 cancelled.store(true, Ordering::Relaxed);
             }
@@ -151,25 +124,30 @@ impl MainLoop {
             self.schedule.len(),
             changes.added,
             changes.removed,
-            changes.updated,
+            changes.updated.len(),
             self.skipped.len(),
             started.elapsed().as_millis()
         );
+        retired
     }
 
-    /// One warning when the set of skipped peers changes, not one per list.
-    fn warn_skipped(&mut self, skipped: &[Peer]) {
-        let skipped_ids: HashSet<i64> = skipped.iter().map(|p| p.id).collect();
+    /// One warning when the set of skipped peers changes, not one per list;
+    /// it names the first few (a hostile list may skip thousands).
+    fn warn_skipped(&mut self, skipped: &[(Arc<Peer>, &'static str)]) {
+        const NAMED: usize = 5;
+        let skipped_ids: HashSet<i64> = skipped.iter().map(|(p, _)| p.id).collect();
         if !skipped.is_empty() && skipped_ids != self.skipped {
             let names: Vec<String> = skipped
                 .iter()
-                .map(|p| {
-                    let reason = p.unsupported_reason(self.allow_quic).unwrap_or_default();
-                    format!("{} ({}): {reason}", p.name, p.uri())
-                })
+                .take(NAMED)
+                .map(|(p, reason)| format!("{} ({}): {reason}", p.name, p.uri()))
                 .collect();
+            let more = match skipped.len().saturating_sub(NAMED) {
+                0 => String::new(),
+                n => format!("; and {n} more"),
+            };
             log::warn!(
-                "not checking {} peer(s), shown as unsupported: {}",
+                "not checking {} peer(s), shown as unsupported: {}{more}",
                 skipped.len(),
                 names.join("; ")
             );

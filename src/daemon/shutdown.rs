@@ -1,6 +1,6 @@
 //! The ordered shutdown, all of it within the stop budget so that systemd (TimeoutStopSec=30) never has to kill the probe.
 //!
-//! Dependency order: the fetcher stops; the job queue closes, so the workers
+//! Dependency order: the list thread (fetcher or peers reader) stops; the job queue closes, so the workers
 //! finish their running checks and exit; the writer commits; the reporter
 //! makes its last attempt; the writer exits when its last sender is gone.
 
@@ -44,9 +44,7 @@ pub fn shutdown(
         fetcher,
         reporter,
     } = threads;
-    if let Some(f) = fetcher {
-        f.shutdown(FETCHER_GRACE);
-    }
+    fetcher.shutdown(FETCHER_GRACE);
     // Running checks may finish (each is bounded by the check timeout), but
     // leave the final report its budget.
     let workers_joined = pool.shutdown(stop_deadline - FINAL_REPORT_BUDGET);

@@ -54,7 +54,8 @@ pub const KEY_DAEMON_STATE: &str = "daemon_state";
 /// A peer as the store keeps it: validated, with the reason it is not checked.
 #[derive(Debug, Clone)]
 pub struct StoredPeer {
-    pub peer: Peer,
+    /// Shared with the schedule (see `peer_list`).
+    pub peer: std::sync::Arc<Peer>,
     pub skip_reason: Option<String>,
 }
 

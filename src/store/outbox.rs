@@ -235,7 +235,7 @@ mod tests {
         sender
             .send(StoreMsg::ReplacePeers {
                 peers: vec![StoredPeer {
-                    peer,
+                    peer: peer.into(),
                     skip_reason: None,
                 }],
                 etag: Some("\"v1\"".into()),
