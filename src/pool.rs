@@ -107,6 +107,12 @@ impl ProbePool {
         })
     }
 
+    /// How many checks can be in hand at once: one running and one queued
+    /// per worker.
+    pub fn capacity(&self) -> usize {
+        2 * self.workers.len()
+    }
+
     /// Hands a check to a worker without waiting; false when all are busy
     /// (the job is dropped: the schedule still has the peer).
     pub fn try_submit(&self, job: Job) -> bool {

@@ -1,6 +1,6 @@
 //! When each peer is due: checks spread evenly over the interval, never two at once for a peer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,10 @@ struct Entry {
 pub struct Schedule {
     interval: Duration,
     entries: HashMap<i64, Entry>,
+    /// Every entry's `(next_due, id)`, in due order: the main loop finds
+    /// what is due, and when the next check is, without looking at every
+    /// peer (a turn stays short at 100,000 peers).
+    by_due: BTreeSet<(Instant, i64)>,
     /// Peers whose check is running. Kept apart from `entries` so that a
     /// peer removed while its check runs and added back at once is not
     /// checked a second time in parallel.
@@ -37,6 +41,7 @@ impl Schedule {
         Schedule {
             interval,
             entries: HashMap::new(),
+            by_due: BTreeSet::new(),
             running: HashSet::new(),
         }
     }
@@ -73,9 +78,11 @@ impl Schedule {
     ) -> Changes {
         let mut changes = Changes::default();
         let before = self.entries.len();
+        let by_due = &mut self.by_due;
         self.entries.retain(|id, entry| {
             let keep = incoming.contains(id);
             if !keep {
+                by_due.remove(&(entry.next_due, *id));
                 retired.push(entry.peer.clone());
             }
             keep
@@ -90,13 +97,15 @@ impl Schedule {
                 Some(entry) if Arc::ptr_eq(&entry.peer, &peer) => {}
                 Some(entry) if entry.peer == peer => retired.push(peer),
                 Some(entry) => {
-                    if self.running.contains(&peer.id) {
+                    if self.running.contains(&peer.id) && entry.next_due > now {
                         // The job in hand is for the old address or
                         // network (the daemon cancels it if it has not
                         // started): check the new one as soon as it is
                         // over, not an interval later. At most one such
                         // peer per worker, so this is never a burst.
-                        entry.next_due = entry.next_due.min(now);
+                        self.by_due.remove(&(entry.next_due, peer.id));
+                        self.by_due.insert((now, peer.id));
+                        entry.next_due = now;
                     }
                     changes.updated.push(peer.id);
                     retired.push(std::mem::replace(&mut entry.peer, peer));
@@ -108,27 +117,46 @@ impl Schedule {
         new_peers.sort_by_key(|p| p.id);
         changes.added = new_peers.len();
         self.entries.reserve(new_peers.len());
+        let mut new_due = Vec::with_capacity(new_peers.len());
         for (k, peer) in new_peers.into_iter().enumerate() {
-            self.entries.insert(
-                peer.id,
-                Entry {
-                    peer,
-                    next_due: now + slot * k as u32,
-                },
-            );
+            let next_due = now + slot * k as u32;
+            new_due.push((next_due, peer.id));
+            self.entries.insert(peer.id, Entry { peer, next_due });
+        }
+        if new_due.len() > self.by_due.len() / 8 {
+            // Many at once (the first list): built in bulk from sorted keys
+            // and merged, not inserted one by one.
+            self.by_due.append(&mut new_due.into_iter().collect());
+        } else {
+            self.by_due.extend(new_due);
         }
         changes
     }
 
-    /// Peers whose check is due and not already running, most overdue first.
-    pub fn due(&self, now: Instant) -> Vec<Arc<Peer>> {
-        let mut due: Vec<&Entry> = self
-            .entries
-            .values()
-            .filter(|e| e.next_due <= now && !self.running.contains(&e.peer.id))
-            .collect();
-        due.sort_by_key(|e| (e.next_due, e.peer.id));
-        due.into_iter().map(|e| e.peer.clone()).collect()
+    /// Moves a peer's next check, keeping the due-order index in step.
+    fn set_due(&mut self, id: i64, next_due: Instant) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            self.by_due.remove(&(entry.next_due, id));
+            self.by_due.insert((next_due, id));
+            entry.next_due = next_due;
+        }
+    }
+
+    /// Peers due by `now` and not running, in due order.
+    fn due_ids(&self, now: Instant) -> impl Iterator<Item = i64> + '_ {
+        self.by_due
+            .range(..=(now, i64::MAX))
+            .map(|(_, id)| *id)
+            .filter(|id| !self.running.contains(id))
+    }
+
+    /// Up to `limit` peers whose check is due and not already running, most
+    /// overdue first (the workers take no more than `limit` at once).
+    pub fn due(&self, now: Instant, limit: usize) -> Vec<Arc<Peer>> {
+        self.due_ids(now)
+            .take(limit)
+            .map(|id| self.entries[&id].peer.clone())
+            .collect()
     }
 
     /// Every peer's next due time (for a seamless recycle).
@@ -139,26 +167,21 @@ impl Schedule {
     /// Gives known peers the due times a previous image had for them; a
     /// time more than an interval ahead is not believed.
     pub fn restore_due(&mut self, due: &HashMap<i64, Instant>, now: Instant) {
-        for (id, entry) in &mut self.entries {
-            if let Some(at) = due.get(id) {
-                if *at <= now + self.interval {
-                    entry.next_due = *at;
-                }
+        for (id, at) in due {
+            if *at <= now + self.interval {
+                self.set_due(*id, *at);
             }
         }
     }
 
     /// How many peers `due` would give, without building the list.
     pub fn due_count(&self, now: Instant) -> usize {
-        self.entries
-            .values()
-            .filter(|e| e.next_due <= now && !self.running.contains(&e.peer.id))
-            .count()
+        self.due_ids(now).count()
     }
 
     /// Records that the peer's check was handed to a worker.
     pub fn dispatched(&mut self, id: i64, now: Instant) {
-        if let Some(entry) = self.entries.get_mut(&id) {
+        if let Some(entry) = self.entries.get(&id) {
             self.running.insert(id);
             // Keep the phase: the next check is one interval after this one
             // was due, skipping slots already missed rather than catching up.
@@ -166,7 +189,7 @@ impl Schedule {
             while next <= now {
                 next += self.interval;
             }
-            entry.next_due = next;
+            self.set_due(id, next);
         }
     }
 
@@ -177,11 +200,12 @@ impl Schedule {
 
     /// When the next peer that is not running becomes due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .filter(|e| !self.running.contains(&e.peer.id))
-            .map(|e| e.next_due)
-            .min()
+        // Running peers were moved an interval on when dispatched: few, if
+        // any, are skipped before the answer.
+        self.by_due
+            .iter()
+            .find(|(_, id)| !self.running.contains(id))
+            .map(|(at, _)| *at)
     }
 
     /// Checks running, including those of peers removed meanwhile.
@@ -215,9 +239,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Schedule::new(Duration::from_secs(60));
         assert_eq!(replace(&mut s, peers(&[1, 2, 3, 4]), t0).added, 4);
-        assert_eq!(s.due(t0).len(), 1);
-        assert_eq!(s.due(t0 + Duration::from_secs(15)).len(), 2);
-        assert_eq!(s.due(t0 + Duration::from_secs(45)).len(), 4);
+        assert_eq!(s.due(t0, usize::MAX).len(), 1);
+        assert_eq!(s.due(t0 + Duration::from_secs(15), usize::MAX).len(), 2);
+        assert_eq!(s.due(t0 + Duration::from_secs(45), usize::MAX).len(), 4);
     }
 
     #[test]
@@ -227,11 +251,11 @@ mod tests {
         replace(&mut s, peers(&[1]), t0);
         s.dispatched(1, t0);
         // Still running a whole interval later: not due again.
-        assert!(s.due(t0 + Duration::from_secs(25)).is_empty());
+        assert!(s.due(t0 + Duration::from_secs(25), usize::MAX).is_empty());
         s.finished(1);
         // Missed slots are skipped, not caught up in a burst.
         let late = t0 + Duration::from_secs(25);
-        assert_eq!(s.due(late).len(), 1);
+        assert_eq!(s.due(late, usize::MAX).len(), 1);
         s.dispatched(1, late);
         assert_eq!(s.next_due(), None);
         s.finished(1);
@@ -270,13 +294,13 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         assert_eq!(replace(&mut s, changed, t1).updated, vec![1, 2]);
         s.finished(1);
-        let due: Vec<i64> = s.due(t1).iter().map(|p| p.id).collect();
+        let due: Vec<i64> = s.due(t1, usize::MAX).iter().map(|p| p.id).collect();
         assert_eq!(
             due,
             vec![1],
             "peer 1 with its new address, peer 2 keeps its slot"
         );
-        assert_eq!(s.due(t1)[0].host, "moved.example");
+        assert_eq!(s.due(t1, usize::MAX)[0].host, "moved.example");
     }
 
     #[test]
@@ -288,10 +312,13 @@ mod tests {
         replace(&mut s, peers(&[]), t0);
         assert_eq!(s.in_flight(), 1, "the running check is still counted");
         replace(&mut s, peers(&[1]), t0);
-        assert!(s.due(t0).is_empty(), "not checked twice at once");
+        assert!(
+            s.due(t0, usize::MAX).is_empty(),
+            "not checked twice at once"
+        );
         assert_eq!(s.next_due(), None);
         s.finished(1);
-        assert_eq!(s.due(t0).len(), 1);
+        assert_eq!(s.due(t0, usize::MAX).len(), 1);
     }
 
     #[test]
@@ -321,5 +348,61 @@ mod tests {
         assert!(retired.iter().any(|p| Arc::ptr_eq(p, &new_copy_of_5)));
         assert!(retired.iter().any(|p| Arc::ptr_eq(p, &first[1])));
         assert_eq!(s.peer(2).unwrap().host, "moved.example");
+    }
+
+    /// The index holds exactly each entry's due time, and `due` gives what
+    /// a scan of every entry would, in the same order.
+    fn assert_index_matches(s: &Schedule, now: Instant) {
+        let expected: BTreeSet<(Instant, i64)> =
+            s.entries.iter().map(|(id, e)| (e.next_due, *id)).collect();
+        assert_eq!(s.by_due, expected);
+        let mut scanned: Vec<(Instant, i64)> = s
+            .entries
+            .iter()
+            .filter(|(id, e)| e.next_due <= now && !s.running.contains(id))
+            .map(|(id, e)| (e.next_due, *id))
+            .collect();
+        scanned.sort();
+        let due: Vec<i64> = s.due(now, usize::MAX).iter().map(|p| p.id).collect();
+        assert_eq!(due, scanned.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+        assert_eq!(s.due_count(now), due.len());
+        let next = s
+            .entries
+            .iter()
+            .filter(|(id, _)| !s.running.contains(id))
+            .map(|(_, e)| e.next_due)
+            .min();
+        assert_eq!(s.next_due(), next);
+    }
+
+    #[test]
+    fn the_due_index_follows_every_change() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(60));
+        replace(&mut s, peers(&(0..50).collect::<Vec<_>>()), t0);
+        assert_index_matches(&s, t0 + Duration::from_secs(30));
+        // Dispatch what is due, with a limit, most overdue first.
+        let t1 = t0 + Duration::from_secs(30);
+        let first: Vec<i64> = s.due(t1, 3).iter().map(|p| p.id).collect();
+        assert_eq!(first, vec![0, 1, 2]);
+        for id in &first {
+            s.dispatched(*id, t1);
+        }
+        assert_index_matches(&s, t1);
+        // A new list: some gone, some moved (one of them running), some new.
+        let mut next = peers(&(2..60).collect::<Vec<_>>());
+        Arc::make_mut(&mut next[0]).host = "moved.example".into();
+        Arc::make_mut(&mut next[5]).host = "moved.example".into();
+        replace(&mut s, next, t1);
+        assert_index_matches(&s, t1);
+        s.finished(2);
+        assert_index_matches(&s, t1);
+        // Due times carried over a recycle.
+        let carried: HashMap<i64, Instant> = [(10, t0), (11, t0 + Duration::from_secs(600))]
+            .into_iter()
+            .collect();
+        s.restore_due(&carried, t1);
+        assert_index_matches(&s, t1);
+        assert_eq!(s.due(t1, 1)[0].id, 10, "the most overdue first");
     }
 }

@@ -244,7 +244,7 @@ impl MainLoop {
     /// event, which wakes the loop; sleeping until `next_due` (already
     /// past) would spin.
     fn dispatch(&mut self, threads: &Threads, now: Instant) -> Duration {
-        for peer in self.schedule.due(now) {
+        for peer in self.schedule.due(now, threads.pool.capacity()) {
             let id = peer.id;
             let cancelled = Arc::new(AtomicBool::new(false));
             // A peer already Offline is not confirmed again: no doubled

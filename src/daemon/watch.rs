@@ -14,7 +14,7 @@ use crate::store::{self, StoreMsg};
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 /// A turn longer than this delays checks and the watchdog: worth a warning.
-pub const SLOW_TURN: Duration = Duration::from_millis(100);
+const SLOW_TURN: Duration = Duration::from_millis(100);
 /// At most one slow-turn warning this often; the others go to debug.
 const SLOW_TURN_WARN_EVERY: Duration = Duration::from_secs(60);
 
