@@ -70,7 +70,6 @@ impl MainLoop {
         if !installed {
             log::debug!("a newer peer list was read meanwhile: its secrets stay redacted too");
         }
-        eprintln!("T install {:?}", started.elapsed());
         self.warn_skipped(&skipped);
         if persist {
             let msg = StoreMsg::ReplacePeers {
@@ -82,7 +81,6 @@ impl MainLoop {
                 log::error!("the store writer is gone; the new peer list is not saved");
             }
         }
-        eprintln!("T store {:?}", started.elapsed());
         let mut retired = Retired {
             peers: Vec::new(),
             secrets: Some(retired_secrets),
@@ -93,18 +91,14 @@ impl MainLoop {
             Instant::now(),
             &mut retired.peers,
         );
-        eprintln!("T replace {:?}", started.elapsed());
         // A peer whose address or network changed may be another node:
         // its next check is full.
         for id in &changes.updated {
             self.observed.remove(id);
         }
-        eprintln!("T observed {:?}", started.elapsed());
         self.last_status.retain(|id, _| checkable_ids.contains(id));
         self.observed.retain(|id, _| checkable_ids.contains(id));
-        eprintln!("T retain {:?}", started.elapsed());
         crate::metrics::retain_peers(checkable_ids);
-        eprintln!("T metrics {:?}", started.elapsed());
         let schedule = &self.schedule;
         for (id, (peer, cancelled)) in &self.jobs {
             if schedule.peer(*id) != Some(&**peer) {
