@@ -138,7 +138,13 @@ pub struct BackendClient {
     proxy_var: Option<&'static str>,
     /// Whether `--backend-ca-file` is in use, for the certificate hint.
     custom_ca: bool,
+    /// The whole-request timeout, and so each page's progress limit.
+    timeout: Duration,
 }
+
+/// Beyond its request timeout, what a page may take (reading, a name
+/// lookup that ignores the timeout) before the fetcher counts as stuck.
+const PAGE_ALLOWANCE: Duration = Duration::from_secs(30);
 
 impl BackendClient {
     /// A client that goes directly, trusting the web PKI roots only (the
@@ -197,6 +203,7 @@ impl BackendClient {
                 .and_then(|route| route.authorization.clone()),
             proxy_var: reach.proxy_var(),
             custom_ca: reach.ca_file.is_some(),
+            timeout,
         }
     }
 
@@ -217,6 +224,8 @@ impl BackendClient {
         loop {
             // Only the first page is conditional: the ETag is the round's.
             let offered = etag.filter(|_| page == 1);
+            let _step =
+                crate::progress::step("a page of GET /peers", self.timeout + PAGE_ALLOWANCE);
             let response =
                 crate::metrics::backend_call("peers", self.peers_request(page, offered).call())
                     .map_err(|e| self.classify(e, "Authorization"))?;

@@ -115,6 +115,40 @@ struct Channels {
     updates: Sender<PeerList>,
 }
 
+/// What ended a wait of the list thread.
+enum Wake {
+    /// A fetch or read was asked for (SIGHUP).
+    Asked,
+    /// The wait's time is up.
+    Due,
+    /// The main loop is gone: the thread ends.
+    Closed,
+}
+
+impl Channels {
+    /// Waits until a request comes or `until` (never when None), freeing
+    /// whatever the main loop hands back meanwhile.
+    fn wait(&self, until: Option<Instant>) -> Wake {
+        loop {
+            let timeout = match until {
+                Some(at) => after(at.saturating_duration_since(Instant::now())),
+                None => crossbeam_channel::never(),
+            };
+            select! {
+                recv(self.commands) -> cmd => return match cmd {
+                    Ok(Command::FetchNow) => Wake::Asked,
+                    Err(_) => Wake::Closed,
+                },
+                recv(self.retired) -> r => match r {
+                    Ok(r) => drop(r),
+                    Err(_) => return Wake::Closed,
+                },
+                recv(timeout) -> _ => return Wake::Due,
+            }
+        }
+    }
+}
+
 /// Reads the peers file: an unreadable or malformed file is an error, an
 /// invalid entry is a warning.
 pub fn read_peers_file(path: &Path) -> anyhow::Result<Vec<Peer>> {
@@ -165,32 +199,18 @@ fn reread_on_request(
     mut preparer: Preparer,
     channels: Channels,
 ) {
-    let Channels {
-        commands,
-        retired,
-        updates,
-    } = channels;
-    loop {
-        select! {
-            recv(commands) -> cmd => match cmd {
-                Ok(Command::FetchNow) => {}
-                Err(_) => return,
-            },
-            recv(retired) -> r => match r {
-                Ok(r) => {
-                    drop(r);
-                    continue;
-                }
-                Err(_) => return,
-            },
-        }
-        let collapsed = commands.try_iter().count();
+    while let Wake::Asked = channels.wait(None) {
+        let collapsed = channels.commands.try_iter().count();
         if collapsed > 0 {
             log::debug!("{collapsed} more SIGHUP(s) collapsed into this read");
         }
         match standalone_peers(peers_file.as_deref(), &cli_peers) {
             Ok(peers) => {
-                if updates.send(preparer.prepare(peers, None)).is_err() {
+                if channels
+                    .updates
+                    .send(preparer.prepare(peers, None))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -206,11 +226,6 @@ fn run(
     mut preparer: Preparer,
     channels: Channels,
 ) {
-    let Channels {
-        commands,
-        retired,
-        updates,
-    } = channels;
     let mut backoff = Backoff::new(FIRST_BACKOFF, interval);
     let mut next = Instant::now();
     // The earliest moment a fetch asked for (SIGHUP) may go: the end of the
@@ -218,30 +233,20 @@ fn run(
     // round, `MIN_ASKED_GAP` after it.
     let mut not_before = Instant::now();
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        select! {
-            recv(commands) -> cmd => match cmd {
-                Ok(Command::FetchNow) => {
-                    next = asked_fetch(&commands, next, not_before);
-                    continue;
-                }
-                Err(_) => return,
-            },
-            recv(retired) -> r => match r {
-                Ok(r) => {
-                    drop(r);
-                    continue;
-                }
-                Err(_) => return,
-            },
-            recv(after(wait)) -> _ => {}
+        match channels.wait(Some(next)) {
+            Wake::Asked => {
+                next = asked_fetch(&channels.commands, next, not_before);
+                continue;
+            }
+            Wake::Closed => return,
+            Wake::Due => {}
         }
         let delay = match client.fetch_peers(etag.as_deref()) {
             Ok(outcome) => {
                 if let FetchOutcome::Peers { etag: new_etag, .. } = &outcome {
                     etag = new_etag.clone();
                 }
-                if !hand_over(outcome, &mut preparer, &updates) {
+                if !hand_over(outcome, &mut preparer, &channels.updates) {
                     return;
                 }
                 crate::health::fetch_succeeded();

@@ -126,13 +126,17 @@ impl Health {
         self.writer_beat_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// Whether systemd's watchdog may be fed: every thread is alive and the
-    /// writer, which every result goes through, has gone round its loop
-    /// within `WRITER_STUCK`. The backend's state plays no part: an outage
-    /// there is no reason for a restart. Why not, when not.
+    /// Whether systemd's watchdog may be fed: every thread is alive, none
+    /// is stuck in a step past its limit (`progress`), and the writer,
+    /// which every result goes through, has gone round its loop within
+    /// `WRITER_STUCK`. The backend's state plays no part: an outage there
+    /// is no reason for a restart. Why not, when not.
     pub fn watchdog_refusal(&self, now_ms: i64) -> Option<String> {
         if let Some(name) = lock(&self.ended).first() {
             return Some(format!("the {name} thread has ended"));
+        }
+        if let Some(stuck) = crate::progress::overdue(now_ms) {
+            return Some(stuck);
         }
         let idle = secs_between(self.writer_beat_ms.load(Ordering::Relaxed), now_ms);
         (idle > WRITER_STUCK.as_secs())
@@ -154,7 +158,7 @@ impl Health {
         }
         if let Some(stuck) = self
             .watchdog_refusal(now_ms)
-            .filter(|p| p.contains("writer"))
+            .filter(|p| !p.ends_with("has ended"))
         {
             problems.push(stuck);
         }

@@ -16,6 +16,7 @@ pub mod peer;
 pub mod peer_list;
 pub mod pool;
 pub mod probe_status;
+pub mod progress;
 pub mod redact;
 pub mod reporter;
 pub mod requeue_cmd;

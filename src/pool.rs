@@ -55,6 +55,16 @@ pub struct Job {
 /// packet or a momentary drop to pass, short next to the check interval.
 pub const CONFIRM_PAUSE: Duration = Duration::from_secs(2);
 
+/// Beyond its timeout, what a check may take to tear its EasyTier instance
+/// down (10-100 ms measured) before its worker counts as stuck.
+const TEARDOWN_ALLOWANCE: Duration = Duration::from_secs(20);
+
+/// The longest a job may take: each attempt its timeout and teardown, and
+/// the pauses between attempts.
+fn job_limit(timeout: Duration, confirm: u32) -> Duration {
+    (timeout + TEARDOWN_ALLOWANCE) * (confirm + 1) + CONFIRM_PAUSE * confirm
+}
+
 pub struct ProbePool {
     // Drop order: the job sender goes first so that workers see the end of the queue.
     jobs: Option<Sender<Job>>,
@@ -149,6 +159,7 @@ fn run_job(
     if abandoned() {
         return None;
     }
+    let _step = crate::progress::step("a check", job_limit(options.timeout, job.confirm));
     let peer = &job.peer;
     let kind = match job.plan {
         Plan::Full => CheckKind::Full,

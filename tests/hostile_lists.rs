@@ -7,30 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::backend::{ok_answer, peers_page, FakeBackend, Response};
+use common::backend::{ok_answer, peers_page, quick_distributed_args, FakeBackend, Response};
 use common::*;
 use serde_json::json;
-
-fn distributed_args(backend: &FakeBackend, dir: &Path) -> Vec<String> {
-    let token = dir.join("token");
-    std::fs::write(&token, "hostile-token\n").unwrap();
-    [
-        "--distributed-mode",
-        "--backend-base-url",
-        &format!("{}/api", backend.url()),
-        "--node-token-file",
-        token.to_str().unwrap(),
-        "--check-interval",
-        "1",
-        "--peer-fetch-interval",
-        "1",
-        "--status-report-interval",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 fn results_of(db: &Path, peer: i64) -> i64 {
     let Ok(conn) =
@@ -78,7 +57,7 @@ fn a_round_of_only_invalid_entries_keeps_the_last_good_list() {
         _ => Response::json(200, ok_answer()),
     });
     let dir = temp_dir("all-invalid");
-    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    let daemon = Daemon::start(&dir, &quick_distributed_args(&backend, &dir), &[]);
     wait_for("a result for peer 1", Duration::from_secs(20), || {
         (results_of(&daemon.db, 1) > 0).then_some(())
     });
@@ -111,7 +90,7 @@ fn a_304_to_a_request_without_an_etag_is_a_protocol_error() {
         _ => Response::json(200, ok_answer()),
     });
     let dir = temp_dir("304-no-etag");
-    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    let daemon = Daemon::start(&dir, &quick_distributed_args(&backend, &dir), &[]);
     wait_for(
         "the protocol error in the log",
         Duration::from_secs(20),
@@ -143,7 +122,7 @@ fn many_invalid_entries_are_one_short_warning_per_round() {
         _ => Response::json(200, ok_answer()),
     });
     let dir = temp_dir("many-invalid");
-    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    let daemon = Daemon::start(&dir, &quick_distributed_args(&backend, &dir), &[]);
     wait_for("three rounds", Duration::from_secs(20), || {
         (backend.requests_to("GET", "/api/peers").len() >= 3).then_some(())
     });
@@ -210,7 +189,7 @@ fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
         _ => Response::json(200, ok_answer()),
     });
     let dir = temp_dir("secrets-follow-lists");
-    let daemon = Daemon::start(&dir, &distributed_args(&backend, &dir), &[]);
+    let daemon = Daemon::start(&dir, &quick_distributed_args(&backend, &dir), &[]);
     let warning = |name_part: &'static str| {
         let daemon = &daemon;
         move || {

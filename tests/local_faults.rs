@@ -1,9 +1,10 @@
-//! Local faults: a second daemon on one database.
+//! Local faults: a second daemon on one database, a database deleted under the daemon, a thread that dies or is stuck.
 
 mod common;
 
 use std::time::Duration;
 
+use common::backend::{ok_answer, peers_page, quick_distributed_args, FakeBackend, Response};
 use common::*;
 
 #[test]
@@ -130,6 +131,54 @@ fn a_thread_that_dies_stops_the_daemon_in_order_with_status_1() {
         assert!(
             log.contains("stopped") || log.contains("unexpectedly; stopped"),
             "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_stuck_thread_stops_the_daemon_in_order_with_status_1() {
+    require_private_netns();
+    let backend = FakeBackend::start(|r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") => Response::json(200, peers_page(vec![], false)),
+        _ => Response::json(200, ok_answer()),
+    });
+    // Each thread's step: a check, a status report, a page of the list.
+    // The three daemons run side by side.
+    let cases = [
+        ("probe-0", "a check"),
+        ("reporter", "a status report"),
+        ("peer-fetcher", "a page of GET /peers"),
+    ];
+    let mut running = Vec::new();
+    for (thread, step) in cases {
+        let dir = temp_dir(&format!("stuck-{thread}"));
+        let args = match thread {
+            "probe-0" => vec![
+                "--check-interval".to_string(),
+                "1".to_string(),
+                "--peer".to_string(),
+                format!("tcp://127.0.0.1:{}", free_port()),
+            ],
+            _ => quick_distributed_args(&backend, &dir),
+        };
+        let daemon = Daemon::start(
+            &dir,
+            &args,
+            &[
+                ("EASYTIER_PROBE_TEST_STALL_THREAD", thread.to_string()),
+                ("EASYTIER_PROBE_STOP_BUDGET_SECS", "6".to_string()),
+            ],
+        );
+        running.push((thread, step, daemon, dir));
+    }
+    for (thread, step, mut daemon, _dir) in running {
+        let code = daemon.wait_exit(Duration::from_secs(40));
+        let log = daemon.log();
+        assert_eq!(code, Some(1), "{thread}: {log}");
+        assert!(
+            log.contains(&format!("the {thread} thread has been in {step} for"))
+                && log.contains("stopping so that the service manager can restart the probe"),
+            "{thread}: said at error level: {log}"
         );
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::backend::{ok_answer, peers_page, FakeBackend, Response};
+use common::backend::{ok_answer, peers_page, quick_distributed_args, FakeBackend, Response};
 use common::*;
 
 /// Times (Unix ms) of a peer's checks, oldest first.
@@ -96,24 +96,7 @@ fn uptime_does_not_restart_at_a_recycle() {
         _ => Response::json(200, ok_answer()),
     });
     let dir = temp_dir("recycle-uptime");
-    let token = dir.join("token");
-    std::fs::write(&token, "recycle-token\n").unwrap();
-    let args: Vec<String> = [
-        "--distributed-mode",
-        "--backend-base-url",
-        &format!("{}/api", backend.url()),
-        "--node-token-file",
-        token.to_str().unwrap(),
-        "--check-interval",
-        "1",
-        "--status-report-interval",
-        "1",
-        "--peer-fetch-interval",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = quick_distributed_args(&backend, &dir);
     let daemon = Daemon::start(
         &dir,
         &args,

@@ -36,6 +36,8 @@ pub enum Event {
     /// A long-lived thread ended while the daemon runs.
     ThreadExited(ThreadExit),
     WatchdogTick,
+    /// Time to look for a thread stuck in a step past its limit.
+    ProgressTick,
     SummaryTick,
     /// A check may be due, or the idle wake-up.
     Wake,
@@ -51,6 +53,7 @@ impl Event {
             Event::FetcherGone => "the end of the list thread",
             Event::ThreadExited(_) => "a thread's end",
             Event::WatchdogTick => "the watchdog",
+            Event::ProgressTick => "the progress check",
             Event::SummaryTick => "the cycle summary",
             Event::Wake => "dispatching due checks",
         }
@@ -75,6 +78,7 @@ pub struct Sources {
     pub updates: Receiver<PeerList>,
     pub exits: Receiver<ThreadExit>,
     pub watchdog: Receiver<Instant>,
+    pub progress: Receiver<Instant>,
     pub summary: Receiver<Instant>,
 }
 
@@ -99,6 +103,7 @@ pub fn next_event(sources: &Sources, wait: Duration) -> Event {
             Err(_) => Event::FetcherGone,
         },
         recv(sources.watchdog) -> _ => Event::WatchdogTick,
+        recv(sources.progress) -> _ => Event::ProgressTick,
         recv(sources.summary) -> _ => Event::SummaryTick,
         recv(after(wait)) -> _ => Event::Wake,
     }
@@ -209,7 +214,10 @@ impl MainLoop {
                     "the {} thread {how} unexpectedly; stopping so that the service manager can restart the probe",
                     exit.name
                 );
-                return Some(Exit::Failed(format!("the {} thread {how}", exit.name)));
+                return Some(Exit::Failed(format!(
+                    "the {} thread {how} unexpectedly",
+                    exit.name
+                )));
             }
             // Fed only while every thread is alive and the writer makes
             // progress: otherwise systemd's WatchdogSec restarts the probe.
@@ -217,6 +225,16 @@ impl MainLoop {
                 match crate::health::HEALTH.watchdog_refusal(crate::clock::now_ms()) {
                     None => notifier.watchdog(),
                     Some(why) => log::error!("not feeding the watchdog: {why}"),
+                }
+            }
+            // A stuck thread is treated as a dead one: stop in order, exit
+            // status 1, and the service manager starts a fresh probe.
+            Event::ProgressTick => {
+                if let Some(stuck) = crate::progress::overdue(crate::clock::now_ms()) {
+                    log::error!(
+                        "{stuck}; stopping so that the service manager can restart the probe"
+                    );
+                    return Some(Exit::Failed(stuck));
                 }
             }
             Event::SummaryTick => {

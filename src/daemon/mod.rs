@@ -3,7 +3,7 @@
 //! ```text
 //! signals ─► main loop ◄─ list thread (fetcher or peers reader)   workers ─► store writer ◄─ reporter
 //!               └─ due peers ─► bounded job queue ─► workers ─► finished ─► main loop
-//! every thread's end ─► main loop (an unexpected one stops the daemon, exit status 1)
+//! every thread's end, or a step past its limit (progress.rs) ─► main loop: stop in order, exit status 1
 //! ```
 
 mod event;
@@ -30,6 +30,9 @@ use crate::thread::ExitWatch;
 use event::{Exit, MainLoop, Sources};
 
 pub use crate::fetcher::read_peers_file;
+
+/// How often the main loop looks for a thread stuck past its step's limit.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The long-lived threads the main loop drives and the shutdown stops.
 pub struct Threads {
@@ -84,6 +87,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         updates,
         exits,
         watchdog: notifier.watchdog_interval().map(tick).unwrap_or_else(never),
+        progress: tick(PROGRESS_EVERY),
         summary: tick(config.check_interval.max(Duration::from_secs(10))),
     };
     let exit = main.run(&config, &threads, &mut sources, &notifier);
@@ -104,7 +108,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         config.stop_budget,
     );
     match exit {
-        Exit::Failed(what) => anyhow::bail!("{what} unexpectedly; stopped"),
+        Exit::Failed(what) => anyhow::bail!("{what}; stopped"),
         Exit::Recycle => recycle::re_execute_unless_stopped(&signals, &notifier, carried_path)?,
         Exit::Stop => {}
     }

@@ -43,6 +43,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const ACK_WAIT: Duration = Duration::from_secs(10);
 /// A `Retry-After` is honoured up to this many report intervals.
 const RETRY_AFTER_CAP_INTERVALS: u32 = 10;
+/// Beyond its request and the writer's confirmations, what a report may
+/// take before the reporter counts as stuck.
+const STEP_ALLOWANCE: Duration = Duration::from_secs(30);
 /// Set-aside results named in one log line.
 const SEQS_SHOWN: usize = 10;
 
@@ -136,6 +139,12 @@ impl Reporter {
         }
     }
 
+    /// The longest one report may take: its request, the writer's
+    /// confirmations, and room for reading the outbox.
+    fn attempt_limit(&self) -> Duration {
+        crate::backend::request_timeout(self.options.interval) + 2 * ACK_WAIT + STEP_ALLOWANCE
+    }
+
     /// How long to wait before the next report after `step`.
     fn delay(&self, step: &Step, backoff: &mut Backoff) -> Duration {
         if step.reset_backoff {
@@ -176,6 +185,7 @@ impl Reporter {
     /// Sends one report and records what its answer means. Returns the
     /// step and, when it failed, why (to log with the delay).
     fn attempt(&mut self, timeout: Option<Duration>) -> (Step, Option<String>) {
+        let _step = crate::progress::step("a status report", self.attempt_limit());
         let prepared = match self.prepare() {
             Ok(p) => p,
             Err(e) => return (backoff_step(), Some(format!("{e:#}"))),

@@ -316,3 +316,25 @@ impl ReportSink {
             .collect()
     }
 }
+
+/// Daemon flags for distributed mode against `backend` (its `/api`), with a
+/// node token file written in `dir` and every interval at one second.
+pub fn quick_distributed_args(backend: &FakeBackend, dir: &std::path::Path) -> Vec<String> {
+    let token = dir.join("token");
+    std::fs::write(&token, "test-node-token\n").unwrap();
+    [
+        "--distributed-mode",
+        "--backend-base-url",
+        &format!("{}/api", backend.url()),
+        "--node-token-file",
+        token.to_str().unwrap(),
+        "--check-interval",
+        "1",
+        "--peer-fetch-interval",
+        "1",
+        "--status-report-interval",
+        "1",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
