@@ -135,7 +135,7 @@ impl Health {
         if let Some(name) = lock(&self.ended).first() {
             return Some(format!("the {name} thread has ended"));
         }
-        if let Some(stuck) = crate::progress::overdue(now_ms) {
+        if let Some(stuck) = crate::progress::overdue() {
             return Some(stuck);
         }
         let idle = secs_between(self.writer_beat_ms.load(Ordering::Relaxed), now_ms);

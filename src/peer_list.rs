@@ -49,7 +49,13 @@ impl fmt::Debug for PeerList {
 #[derive(Default)]
 pub struct Retired {
     pub peers: Vec<Arc<Peer>>,
-    pub secrets: Option<RetiredSecrets>,
+    pub secrets: Vec<RetiredSecrets>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty() && self.secrets.is_empty()
+    }
 }
 
 impl fmt::Debug for Retired {

@@ -10,19 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::clock;
-
-/// A test-only hook: the thread of this name stops for good inside its
-/// next step, so that tests can see what the daemon does with a stuck
-/// thread. That step's limit is one second, so that a test need not wait
-/// out a real one.
+/// A test-only hook, in debug builds only (the tests' binary): the thread
+/// of this name stops for good inside its next step, so that tests can see
+/// what the daemon does with a stuck thread. That step's limit is one
+/// second, so that a test need not wait out a real one.
 pub const TEST_STALL_ENV: &str = "EASYTIER_PROBE_TEST_STALL_THREAD";
 const TEST_STALL_LIMIT: Duration = Duration::from_secs(1);
 
 struct OpenStep {
-    began_ms: i64,
+    /// The monotonic clock: a wall clock set forward (NTP after a boot
+    /// without a hardware clock, a resumed VM) must not make a step overdue.
+    began: Instant,
     limit: Duration,
 }
 
@@ -53,12 +53,13 @@ pub fn step(what: &'static str, limit: Duration) -> Step {
         .name()
         .unwrap_or("unnamed")
         .to_string();
-    let stall = std::env::var(TEST_STALL_ENV).is_ok_and(|name| name == thread);
+    let stall =
+        cfg!(debug_assertions) && std::env::var(TEST_STALL_ENV).is_ok_and(|name| name == thread);
     let key = (thread, what);
     steps().insert(
         key.clone(),
         OpenStep {
-            began_ms: clock::now_ms(),
+            began: Instant::now(),
             limit: if stall { TEST_STALL_LIMIT } else { limit },
         },
     );
@@ -71,11 +72,15 @@ pub fn step(what: &'static str, limit: Duration) -> Step {
     Step { key }
 }
 
-/// The first step past its limit at `now_ms`, in words; None when every
-/// thread is within its limits.
-pub fn overdue(now_ms: i64) -> Option<String> {
+/// The first step past its limit now, in words; None when every thread is
+/// within its limits.
+pub fn overdue() -> Option<String> {
+    overdue_at(Instant::now())
+}
+
+fn overdue_at(now: Instant) -> Option<String> {
     steps().iter().find_map(|((thread, what), step)| {
-        let spent = Duration::from_millis(now_ms.saturating_sub(step.began_ms).max(0) as u64);
+        let spent = now.saturating_duration_since(step.began);
         (spent > step.limit).then(|| {
             format!(
                 "the {thread} thread has been in {what} for {} s (its limit is {} s)",
@@ -98,16 +103,21 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
-        let now = clock::now_ms();
+        let now = Instant::now();
         let mine = |text: Option<String>| text.filter(|t| t.contains("progress-test"));
-        assert_eq!(mine(overdue(now + 9_000)), None);
-        let late = mine(overdue(now + 12_000)).expect("overdue after its limit");
+        assert_eq!(mine(overdue_at(now + Duration::from_secs(9))), None);
+        let late =
+            mine(overdue_at(now + Duration::from_secs(12))).expect("overdue after its limit");
         assert!(
             late.contains("the progress-test thread has been in a test step for 1")
                 && late.contains("its limit is 10 s"),
             "{late}"
         );
         drop(guard);
-        assert_eq!(mine(overdue(now + 60_000)), None, "ended with its guard");
+        assert_eq!(
+            mine(overdue_at(now + Duration::from_secs(60))),
+            None,
+            "ended with its guard"
+        );
     }
 }

@@ -122,6 +122,14 @@ pub struct StagedSecrets {
     matcher: Option<Arc<AhoCorasick>>,
 }
 
+impl StagedSecrets {
+    /// Whether `secret` stays redacted once this set is swapped in (an own
+    /// secret always does).
+    pub fn keeps(&self, secret: &str) -> bool {
+        self.network.contains(secret) || read().own.contains(secret)
+    }
+}
+
 /// Builds, on the calling thread, what redaction becomes once the list
 /// with these network secrets is the one watched. Call it after
 /// [`add_network_secrets`] for the same list.
@@ -148,6 +156,16 @@ pub fn stage_network_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) -> 
 pub struct RetiredSecrets {
     _network: Secrets,
     _matcher: Option<Arc<AhoCorasick>>,
+}
+
+/// A staged set that will never be swapped in (a newer list came first).
+impl From<StagedSecrets> for RetiredSecrets {
+    fn from(staged: StagedSecrets) -> RetiredSecrets {
+        RetiredSecrets {
+            _network: staged.network,
+            _matcher: staged.matcher,
+        }
+    }
 }
 
 /// Makes a staged list's secrets the network secrets (those of peers no

@@ -115,6 +115,9 @@ impl Schedule {
         }
         // A stable order makes the spread reproducible from run to run.
         new_peers.sort_by_key(|p| p.id);
+        // Every source gives unique ids; should one not, the first copy
+        // wins rather than the index holding an id twice.
+        new_peers.dedup_by_key(|p| p.id);
         changes.added = new_peers.len();
         self.entries.reserve(new_peers.len());
         let mut new_due = Vec::with_capacity(new_peers.len());
@@ -130,6 +133,7 @@ impl Schedule {
         } else {
             self.by_due.extend(new_due);
         }
+        debug_assert_eq!(self.by_due.len(), self.entries.len());
         changes
     }
 

@@ -56,8 +56,9 @@ pub struct ThreadHandle {
     watched: bool,
 }
 
-/// A test-only hook: the thread of this name panics as it starts, so that
-/// tests can see what the daemon does when one of its threads dies.
+/// A test-only hook, in debug builds only (the tests' binary): the thread
+/// of this name panics as it starts, so that tests can see what the daemon
+/// does when one of its threads dies.
 pub const TEST_PANIC_ENV: &str = "EASYTIER_PROBE_TEST_PANIC_THREAD";
 
 impl ThreadHandle {
@@ -77,8 +78,9 @@ impl ThreadHandle {
             .name(name.to_string())
             .spawn(move || {
                 let _guard = guard;
-                if std::env::var(TEST_PANIC_ENV)
-                    .is_ok_and(|n| n == *std::thread::current().name().unwrap_or(""))
+                if cfg!(debug_assertions)
+                    && std::env::var(TEST_PANIC_ENV)
+                        .is_ok_and(|n| n == *std::thread::current().name().unwrap_or(""))
                 {
                     panic!("{TEST_PANIC_ENV}: this thread panics on purpose");
                 }

@@ -149,19 +149,11 @@ fn many_invalid_entries_are_one_short_warning_per_round() {
 #[test]
 fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
     require_private_netns();
-    // Quic peers are not checked, and the warning about them names them:
-    // a name holding a secret shows what the redaction knows at the time.
-    let quic = |id: i64, name: &str| peer_json(id, name, "127.0.0.1", 1, "quic", "", None);
-    let member = |id: i64, secret: &str| {
-        peer_json(
-            id,
-            "member",
-            "127.0.0.1",
-            free_port(),
-            "tcp",
-            "net",
-            Some(secret),
-        )
+    // Quic peers are not checked (so no check of theirs is ever in hand),
+    // and the warning about them names them: a name holding a secret shows
+    // what the redaction knows when the list is applied.
+    let quic = |id: i64, name: &str, secret: &str| {
+        peer_json(id, name, "127.0.0.1", 1, "quic", "net", Some(secret))
     };
     let second = Arc::new(AtomicUsize::new(0));
     let mode = second.clone();
@@ -169,20 +161,18 @@ fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
         ("GET", "/api/peers") if mode.load(Ordering::SeqCst) == 0 => Response::json(
             200,
             peers_page(
-                vec![
-                    member(1, "first-list-secret"),
-                    quic(10, "one: first-list-secret ."),
-                ],
+                vec![quic(10, "one: first-list-secret .", "first-list-secret")],
                 false,
             ),
         ),
         ("GET", "/api/peers") => Response::json(
             200,
             peers_page(
-                vec![
-                    member(2, "second-list-secret"),
-                    quic(11, "two: first-list-secret second-list-secret ."),
-                ],
+                vec![quic(
+                    11,
+                    "two: first-list-secret second-list-secret .",
+                    "second-list-secret",
+                )],
                 false,
             ),
         ),
@@ -216,5 +206,94 @@ fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
     assert!(
         next.contains("two: first-list-secret <redacted> ."),
         "{next}"
+    );
+}
+
+#[test]
+fn a_dropped_peers_secret_stays_redacted_while_its_check_runs() {
+    require_private_netns();
+    // A node that accepts and never answers: the check of peer 1 stays in
+    // hand until its timeout, while the list that drops peer 1 comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (seen, ended) = (accepted.clone(), closed.clone());
+    std::thread::spawn(move || {
+        for mut stream in silent.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let ended = ended.clone();
+            // The probe closes the connection when its check is over.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let member = peer_json(
+        1,
+        "member",
+        "127.0.0.1",
+        silent_port,
+        "tcp",
+        "net",
+        Some("dropped-peer-secret"),
+    );
+    let quic = |id: i64, name: &str| peer_json(id, name, "127.0.0.1", 1, "quic", "", None);
+    let round = Arc::new(AtomicUsize::new(1));
+    let mode = round.clone();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let backend = FakeBackend::start(move |r| match (r.method.as_str(), r.path()) {
+        ("GET", "/api/peers") => {
+            let n = fetches.fetch_add(1, Ordering::SeqCst) as i64;
+            let peers = match mode.load(Ordering::SeqCst) {
+                1 => vec![member.clone()],
+                2 => vec![quic(11, "two: dropped-peer-secret .")],
+                // A new skipped peer every round, so every round warns.
+                _ => vec![quic(100 + n, "three: dropped-peer-secret .")],
+            };
+            Response::json(200, peers_page(peers, false))
+        }
+        _ => Response::json(200, ok_answer()),
+    });
+    let dir = temp_dir("secret-of-a-running-check");
+    let mut args = quick_distributed_args(&backend, &dir);
+    args.extend(["--check-timeout", "4"].map(str::to_string));
+    let daemon = Daemon::start(&dir, &args, &[]);
+    wait_for(
+        "the check of peer 1 in hand",
+        Duration::from_secs(20),
+        || (accepted.load(Ordering::SeqCst) > 0).then_some(()),
+    );
+    round.store(2, Ordering::SeqCst);
+    let line = |part: &'static str| {
+        let daemon = &daemon;
+        move || {
+            daemon
+                .log()
+                .lines()
+                .find(|l| l.contains(part))
+                .map(str::to_string)
+        }
+    };
+    let two = wait_for(
+        "the second list, while the check runs",
+        Duration::from_secs(20),
+        line("two: "),
+    );
+    assert!(two.contains("two: <redacted> ."), "{two}");
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the check was still in hand"
+    );
+    // Once the check is over, the dropped peer's secret is forgotten.
+    wait_for("the end of the check", Duration::from_secs(30), || {
+        (closed.load(Ordering::SeqCst) >= accepted.load(Ordering::SeqCst)).then_some(())
+    });
+    round.store(3, Ordering::SeqCst);
+    wait_for(
+        "a later list printing the forgotten secret",
+        Duration::from_secs(20),
+        line("three: dropped-peer-secret ."),
     );
 }

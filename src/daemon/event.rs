@@ -13,8 +13,9 @@ use super::Threads;
 use crate::checker::Status;
 use crate::config::DaemonConfig;
 use crate::peer::Peer;
-use crate::peer_list::PeerList;
+use crate::peer_list::{PeerList, Retired};
 use crate::pool::{Finished, Job, Observed, Plan};
+use crate::redact::StagedSecrets;
 use crate::schedule::Schedule;
 use crate::sdnotify::Notifier;
 use crate::store::StoreMsg;
@@ -134,6 +135,11 @@ pub struct MainLoop {
     cycle: CycleStats,
     /// Checks finished by this process, for the recycle.
     checks_done: u64,
+    /// The last list's redaction, waiting for the checks in hand that
+    /// still need a secret it would forget.
+    pub pending_secrets: Option<StagedSecrets>,
+    /// What the loop let go, handed to the list thread after each event.
+    pub to_free: Retired,
 }
 
 impl MainLoop {
@@ -150,6 +156,8 @@ impl MainLoop {
             jobs: HashMap::new(),
             cycle: CycleStats::default(),
             checks_done: 0,
+            pending_secrets: None,
+            to_free: Retired::default(),
         }
     }
 
@@ -178,7 +186,11 @@ impl MainLoop {
             }
             let event = next_event(sources, wait);
             turn = Some((event.describe(), Instant::now()));
-            if let Some(exit) = self.handle(event, config, threads, sources, notifier) {
+            let exit = self.handle(event, config, threads, sources, notifier);
+            if !self.to_free.is_empty() {
+                threads.fetcher.free(std::mem::take(&mut self.to_free));
+            }
+            if let Some(exit) = exit {
                 return exit;
             }
         }
@@ -202,10 +214,7 @@ impl MainLoop {
             }
             Event::Signal(Signal::Reload) => self.reload(config, threads),
             Event::Finished(f) => self.finished(f),
-            Event::Peers(list) => {
-                let retired = self.apply_peers(list, true);
-                threads.fetcher.free(retired);
-            }
+            Event::Peers(list) => self.apply_peers(list, true),
             // The thread's own exit event follows and decides.
             Event::FetcherGone => sources.updates = never(),
             Event::ThreadExited(exit) => {
@@ -230,7 +239,7 @@ impl MainLoop {
             // A stuck thread is treated as a dead one: stop in order, exit
             // status 1, and the service manager starts a fresh probe.
             Event::ProgressTick => {
-                if let Some(stuck) = crate::progress::overdue(crate::clock::now_ms()) {
+                if let Some(stuck) = crate::progress::overdue() {
                     log::error!(
                         "{stuck}; stopping so that the service manager can restart the probe"
                     );
@@ -312,6 +321,9 @@ impl MainLoop {
     pub fn finished(&mut self, f: Finished) {
         self.schedule.finished(f.peer_id);
         let job = self.jobs.remove(&f.peer_id);
+        if self.pending_secrets.is_some() {
+            self.install_pending_secrets();
+        }
         let Some(status) = f.status else { return };
         if let Some(observed) = f.observed {
             self.observed.insert(f.peer_id, (observed, Instant::now()));

@@ -151,10 +151,10 @@ fn start(
     // answers 304 no new list comes, and the stored skip reasons must follow
     // this run's settings (--allow-quic), or `status` would show them wrong.
     let persist = config.distributed.is_none() || !initial.is_empty();
-    // Before the loop runs: what this lets go (nothing, the schedule is
-    // empty) may be freed here.
+    // Before the loop runs (what this lets go is handed to the list thread
+    // after the loop's first event).
     let mut preparer = Preparer::new(config.allow_quic);
-    let _ = main.apply_peers(preparer.prepare(initial, etag.clone()), persist);
+    main.apply_peers(preparer.prepare(initial, etag.clone()), persist);
     let (updates_tx, updates) = crossbeam_channel::unbounded();
     let (fetcher, reporter) = match &config.distributed {
         None => {

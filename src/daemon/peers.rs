@@ -8,7 +8,8 @@ use std::time::Instant;
 use super::event::MainLoop;
 use crate::config::DaemonConfig;
 use crate::peer::Peer;
-use crate::peer_list::{PeerList, Retired};
+use crate::peer_list::PeerList;
+use crate::redact::StagedSecrets;
 use crate::store::{self, StoreMsg};
 
 /// What the stored list and its ETag are tied to: the backend URL and
@@ -48,13 +49,27 @@ pub fn cached_peers(
     Ok((cached, store::get_state(conn, store::KEY_PEERS_ETAG)?))
 }
 
+/// Whether a check in hand (`dispatched`, the peers as they were sent to
+/// the workers) has a network secret that `staged` would forget.
+fn needed_by_checks_in_hand<'a>(
+    staged: &StagedSecrets,
+    mut dispatched: impl Iterator<Item = &'a Peer>,
+) -> bool {
+    dispatched.any(|peer| {
+        peer.network_secret
+            .as_deref()
+            .is_some_and(|secret| !staged.keeps(secret))
+    })
+}
+
 impl MainLoop {
     /// Takes a complete peer set, prepared off the loop (`PeerList`):
-    /// stores it, warns about skipped peers, reschedules. Nothing here
-    /// builds, copies or frees anything in proportion to the list but the
-    /// schedule's own entries (`benches/lists.rs` measures the stall); what
-    /// the list replaced is returned, for the list thread to free.
-    pub fn apply_peers(&mut self, list: PeerList, persist: bool) -> Retired {
+    /// stores it, warns about skipped peers, reschedules. The work here is
+    /// a lookup per peer (the schedule, the per-peer maps) and no building,
+    /// copying or freeing of the list itself (`benches/lists.rs` measures
+    /// the stall); what the list replaced goes to `to_free`, for the list
+    /// thread to free.
+    pub fn apply_peers(&mut self, list: PeerList, persist: bool) {
         let started = Instant::now();
         let PeerList {
             stored,
@@ -65,11 +80,13 @@ impl MainLoop {
             secrets,
         } = list;
         // The secrets of the peers watched from now on; those of peers no
-        // longer watched are forgotten.
-        let (installed, retired_secrets) = crate::redact::install_network_secrets(secrets);
-        if !installed {
-            log::debug!("a newer peer list was read meanwhile: its secrets stay redacted too");
+        // longer watched are forgotten, once no check of theirs runs (the
+        // new list's own are known since it was read). A list still waiting
+        // for its checks is superseded: never swapped in.
+        if let Some(older) = self.pending_secrets.replace(secrets) {
+            self.to_free.secrets.push(older.into());
         }
+        self.install_pending_secrets();
         self.warn_skipped(&skipped);
         if persist {
             let msg = StoreMsg::ReplacePeers {
@@ -81,15 +98,11 @@ impl MainLoop {
                 log::error!("the store writer is gone; the new peer list is not saved");
             }
         }
-        let mut retired = Retired {
-            peers: Vec::new(),
-            secrets: Some(retired_secrets),
-        };
         let changes = self.schedule.replace(
             checkable,
             &checkable_ids,
             Instant::now(),
-            &mut retired.peers,
+            &mut self.to_free.peers,
         );
         // A peer whose address or network changed may be another node:
         // its next check is full.
@@ -122,7 +135,25 @@ impl MainLoop {
             self.skipped.len(),
             started.elapsed().as_millis()
         );
-        retired
+    }
+
+    /// Swaps in the last list's secrets unless a check still in hand would
+    /// lose its peer's (a peer removed or changed while its check runs):
+    /// then at that check's end (`finished` calls this again).
+    pub fn install_pending_secrets(&mut self) {
+        let Some(staged) = self.pending_secrets.take() else {
+            return;
+        };
+        let dispatched = self.jobs.values().map(|(peer, _)| &**peer);
+        if needed_by_checks_in_hand(&staged, dispatched) {
+            self.pending_secrets = Some(staged);
+            return;
+        }
+        let (installed, retired) = crate::redact::install_network_secrets(staged);
+        if !installed {
+            log::debug!("a newer peer list was read meanwhile: its secrets stay redacted too");
+        }
+        self.to_free.secrets.push(retired);
     }
 
     /// One warning when the set of skipped peers changes, not one per list;
@@ -147,5 +178,34 @@ impl MainLoop {
             );
         }
         self.skipped = skipped_ids;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: i64, secret: Option<&str>) -> Peer {
+        let mut peer = crate::peer::peer_from_uri(&format!("tcp://h:{}?id={id}", id + 1)).unwrap();
+        peer.network_secret = secret.map(str::to_string);
+        peer
+    }
+
+    #[test]
+    fn a_check_in_hand_keeps_its_peers_secret_until_it_ends() {
+        crate::redact::add_network_secrets(["kept-secret-1", "removed-secret-1"]);
+        let staged = crate::redact::stage_network_secrets(["kept-secret-1"]);
+        let removed = peer(1, Some("removed-secret-1"));
+        let kept = peer(2, Some("kept-secret-1"));
+        let relay = peer(3, None);
+        assert!(needed_by_checks_in_hand(
+            &staged,
+            [&kept, &removed].into_iter()
+        ));
+        assert!(!needed_by_checks_in_hand(
+            &staged,
+            [&kept, &relay].into_iter()
+        ));
+        assert!(!needed_by_checks_in_hand(&staged, std::iter::empty()));
     }
 }
