@@ -25,6 +25,17 @@ fn results_of(db: &Path, peer: i64) -> i64 {
     .unwrap_or(0)
 }
 
+/// For `wait_for`: the daemon's first log line that holds `part`.
+fn log_line<'a>(daemon: &'a Daemon, part: &'a str) -> impl FnMut() -> Option<String> + 'a {
+    move || {
+        daemon
+            .log()
+            .lines()
+            .find(|l| l.contains(part))
+            .map(str::to_string)
+    }
+}
+
 fn invalid_entries(n: usize) -> Vec<serde_json::Value> {
     (0..n)
         .map(|i| peer_json(100 + i as i64, "broken", "127.0.0.1", 0, "tcp", "", None))
@@ -180,27 +191,17 @@ fn a_new_list_makes_its_secrets_redacted_and_forgets_the_old_ones() {
     });
     let dir = temp_dir("secrets-follow-lists");
     let daemon = Daemon::start(&dir, &quick_distributed_args(&backend, &dir), &[]);
-    let warning = |name_part: &'static str| {
-        let daemon = &daemon;
-        move || {
-            daemon
-                .log()
-                .lines()
-                .find(|l| l.contains("not checking") && l.contains(name_part))
-                .map(str::to_string)
-        }
-    };
     let first = wait_for(
         "the first list's warning",
         Duration::from_secs(20),
-        warning("one: "),
+        log_line(&daemon, "one: "),
     );
     assert!(first.contains("one: <redacted> ."), "{first}");
     second.store(1, Ordering::SeqCst);
     let next = wait_for(
         "the second list's warning",
         Duration::from_secs(20),
-        warning("two: "),
+        log_line(&daemon, "two: "),
     );
     // Applied: the new list's secret is known, the old one forgotten.
     assert!(
@@ -265,20 +266,10 @@ fn a_dropped_peers_secret_stays_redacted_while_its_check_runs() {
         || (accepted.load(Ordering::SeqCst) > 0).then_some(()),
     );
     round.store(2, Ordering::SeqCst);
-    let line = |part: &'static str| {
-        let daemon = &daemon;
-        move || {
-            daemon
-                .log()
-                .lines()
-                .find(|l| l.contains(part))
-                .map(str::to_string)
-        }
-    };
     let two = wait_for(
         "the second list, while the check runs",
         Duration::from_secs(20),
-        line("two: "),
+        log_line(&daemon, "two: "),
     );
     assert!(two.contains("two: <redacted> ."), "{two}");
     assert_eq!(
@@ -294,6 +285,6 @@ fn a_dropped_peers_secret_stays_redacted_while_its_check_runs() {
     wait_for(
         "a later list printing the forgotten secret",
         Duration::from_secs(20),
-        line("three: dropped-peer-secret ."),
+        log_line(&daemon, "three: dropped-peer-secret ."),
     );
 }
