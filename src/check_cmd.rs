@@ -46,26 +46,21 @@ pub fn run(config: CheckConfig) -> anyhow::Result<ExitCode> {
     if config.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
+        let latency = result.latency_us.map(checker::latency_text);
         match result.status {
             Status::Online if kind == CheckKind::Quick => println!(
                 "{} Online as {} in {} ms (quick check): handshake {}",
                 result.uri,
                 result.role,
                 result.duration_ms,
-                result
-                    .latency_us
-                    .map(checker::latency_text)
-                    .unwrap_or_else(|| "not measured".into()),
+                latency.unwrap_or_else(|| "not measured".into()),
             ),
             Status::Online => println!(
                 "{} Online as {} in {} ms: latency {}, version {}, host {}",
                 result.uri,
                 result.role,
                 result.duration_ms,
-                result
-                    .latency_us
-                    .map(checker::latency_text)
-                    .unwrap_or_else(|| "not measured yet".into()),
+                latency.unwrap_or_else(|| "not measured yet".into()),
                 result.remote_version.as_deref().unwrap_or("unknown"),
                 result.remote_hostname.as_deref().unwrap_or("unknown"),
             ),
