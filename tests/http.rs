@@ -17,10 +17,9 @@ const SECRET: &str = "http-secret-77";
 /// A member peer (with a secret) and a relay peer on a real node, and a
 /// port where nothing listens.
 fn peers_file(dir: &Path, node: &TargetNode, refused: u16) -> String {
-    let path = dir.join("peers.json");
-    std::fs::write(
-        &path,
-        json!([
+    let path = write_peers_file(
+        dir,
+        &[
             peer_json(
                 1,
                 "member",
@@ -28,14 +27,12 @@ fn peers_file(dir: &Path, node: &TargetNode, refused: u16) -> String {
                 node.tcp_port,
                 "tcp",
                 "net-http",
-                Some(SECRET)
+                Some(SECRET),
             ),
             peer_json(2, "relay", "127.0.0.1", node.udp_port, "udp", "", None),
             peer_json(3, "refused", "127.0.0.1", refused, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     path.to_str().unwrap().to_string()
 }
 

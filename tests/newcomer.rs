@@ -54,21 +54,18 @@ fn daemon_peers_with_a_network_name_and_no_secret_are_online_relay_checks() {
     require_private_netns();
     let node = TargetNode::start("net-label-d", "label-d-secret", "label-d-node");
     let dir = temp_dir("label-daemon");
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([peer_json(
+    let peers_file = write_peers_file(
+        &dir,
+        &[peer_json(
             2,
             "from-file",
             "127.0.0.1",
             node.udp_port,
             "udp",
             "net-label-d",
-            None
-        )])
-        .to_string(),
-    )
-    .unwrap();
+            None,
+        )],
+    );
     let peer_flag = format!(
         "{}?network_name=net-label-d&name=from-flag&id=1",
         node.tcp_uri()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http_support::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The Prometheus server (Debian package `prometheus`), killed when dropped.
 struct Prometheus {
@@ -93,10 +93,9 @@ fn prometheus_scrapes_the_up_series_of_every_peer() {
     let node = TargetNode::start("net-prom", "prom-secret-41", "prom-node");
     let refused = free_port();
     let dir = temp_dir("prometheus");
-    let peers = dir.join("peers.json");
-    std::fs::write(
-        &peers,
-        json!([
+    let peers = write_peers_file(
+        &dir,
+        &[
             peer_json(
                 1,
                 "member",
@@ -104,14 +103,12 @@ fn prometheus_scrapes_the_up_series_of_every_peer() {
                 node.tcp_port,
                 "tcp",
                 "net-prom",
-                Some("prom-secret-41")
+                Some("prom-secret-41"),
             ),
             peer_json(2, "relay", "127.0.0.1", node.udp_port, "udp", "", None),
             peer_json(3, "refused", "127.0.0.1", refused, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let args = [
         "--peers-file",
         peers.to_str().unwrap(),

@@ -21,10 +21,9 @@ fn watches_peers_over_several_cycles_and_stops_cleanly() {
     let relay = TargetNode::start("net-sa-relay", "relay-secret", "sa-relay");
     let refused_port = free_port();
     let dir = temp_dir("cycles");
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(
                 1,
                 "member",
@@ -32,16 +31,14 @@ fn watches_peers_over_several_cycles_and_stops_cleanly() {
                 member.tcp_port,
                 "tcp",
                 "net-sa",
-                Some("sa-secret-123")
+                Some("sa-secret-123"),
             ),
             peer_json(2, "relay-udp", "127.0.0.1", relay.udp_port, "udp", "", None),
             peer_json(3, "refused", "127.0.0.1", refused_port, "tcp", "", None),
             peer_json(4, "old-quic", "127.0.0.1", 11012, "quic", "", None),
             peer_json(5, "bad-port", "127.0.0.1", 0, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let mut daemon = Daemon::start(
         &dir,
         &[
@@ -152,13 +149,11 @@ fn watches_peers_over_several_cycles_and_stops_cleanly() {
 fn sighup_rereads_the_peers_file_and_keeps_it_when_broken() {
     require_private_netns();
     let dir = temp_dir("sighup");
-    let peers_file = dir.join("peers.json");
     let (p1, p2) = (free_port(), free_port());
-    std::fs::write(
-        &peers_file,
-        json!([peer_json(1, "one", "127.0.0.1", p1, "tcp", "", None)]).to_string(),
-    )
-    .unwrap();
+    let peers_file = write_peers_file(
+        &dir,
+        &[peer_json(1, "one", "127.0.0.1", p1, "tcp", "", None)],
+    );
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use easytier::common::config::{ConfigLoader, NetworkIdentity, TomlConfigLoader};
 use easytier::launcher::NetworkInstance;
-use serde_json::json;
 
 /// A real node listening on tcp://127.0.0.1:`port`, started on demand.
 fn node_on(port: u16) -> NetworkInstance {
@@ -78,16 +77,13 @@ fn a_failure_is_confirmed_before_offline_and_a_recovery_in_the_pause_is_online()
     require_private_netns();
     let dir = temp_dir("confirm");
     let (coming_back, down) = (free_port(), free_port());
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(1, "coming-back", "127.0.0.1", coming_back, "tcp", "", None),
             peer_json(2, "down", "127.0.0.1", down, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(
         &dir,
@@ -147,21 +143,18 @@ fn a_failure_is_confirmed_before_offline_and_a_recovery_in_the_pause_is_online()
 fn confirmation_can_be_turned_off() {
     require_private_netns();
     let dir = temp_dir("no-confirm");
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([peer_json(
+    let peers_file = write_peers_file(
+        &dir,
+        &[peer_json(
             1,
             "down",
             "127.0.0.1",
             free_port(),
             "tcp",
             "",
-            None
-        )])
-        .to_string(),
-    )
-    .unwrap();
+            None,
+        )],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(&dir, &peers_file, &log, &[("CONFIRM_OFFLINE", "0".into())]);
     let db = dir.join("probe.db");
@@ -176,17 +169,14 @@ fn confirmation_can_be_turned_off() {
 fn a_wg_relay_is_unsupported_never_offline() {
     require_private_netns();
     let dir = temp_dir("wg-relay");
-    let peers_file = dir.join("peers.json");
     let refused = free_port();
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(1, "wg-relay", "127.0.0.1", free_port(), "wg", "", None),
             peer_json(2, "refused", "127.0.0.1", refused, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(&dir, &peers_file, &log, &[]);
     let db = dir.join("probe.db");
@@ -217,11 +207,10 @@ fn the_default_log_shows_the_probe_and_not_easytier() {
     require_private_netns();
     let node = TargetNode::start("log-net", "log-secret", "log-node");
     let dir = temp_dir("default-log");
-    let peers_file = dir.join("peers.json");
     let down = free_port();
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(
                 1,
                 "member",
@@ -229,14 +218,12 @@ fn the_default_log_shows_the_probe_and_not_easytier() {
                 node.tcp_port,
                 "tcp",
                 "log-net",
-                Some("log-secret")
+                Some("log-secret"),
             ),
             peer_json(2, "relay", "127.0.0.1", node.udp_port, "udp", "", None),
             peer_json(3, "down", "127.0.0.1", down, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let log = dir.join("daemon.log");
     // No RUST_LOG: the default filter.
     let child = daemon(&dir, &peers_file, &log, &[]);
@@ -270,21 +257,18 @@ fn lines_carry_their_syslog_priority_when_stderr_is_the_journal() {
     use std::os::unix::fs::MetadataExt;
     require_private_netns();
     let dir = temp_dir("journal-log");
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([peer_json(
+    let peers_file = write_peers_file(
+        &dir,
+        &[peer_json(
             1,
             "down",
             "127.0.0.1",
             free_port(),
             "tcp",
             "",
-            None
-        )])
-        .to_string(),
-    )
-    .unwrap();
+            None,
+        )],
+    );
     let log = dir.join("daemon.log");
     std::fs::File::create(&log).unwrap();
     // The journal names its stream by device and inode; here it is the file
@@ -334,11 +318,10 @@ fn quick_checks_follow_a_full_one_and_carry_its_version() {
     require_private_netns();
     let node = TargetNode::start("quick-net", "quick-secret", "quick-node");
     let dir = temp_dir("quick-daemon");
-    let peers_file = dir.join("peers.json");
     let back_later = free_port();
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(
                 1,
                 "member",
@@ -346,14 +329,12 @@ fn quick_checks_follow_a_full_one_and_carry_its_version() {
                 node.tcp_port,
                 "tcp",
                 "quick-net",
-                Some("quick-secret")
+                Some("quick-secret"),
             ),
             peer_json(2, "relay-udp", "127.0.0.1", node.udp_port, "udp", "", None),
             peer_json(3, "back-later", "127.0.0.1", back_later, "tcp", "", None),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(&dir, &peers_file, &log, &[]);
     let db = dir.join("probe.db");
@@ -414,21 +395,18 @@ fn a_version_refresh_of_zero_makes_every_check_full() {
     require_private_netns();
     let node = TargetNode::start("full-net", "full-secret", "full-node");
     let dir = temp_dir("all-full");
-    let peers_file = dir.join("peers.json");
-    std::fs::write(
-        &peers_file,
-        json!([peer_json(
+    let peers_file = write_peers_file(
+        &dir,
+        &[peer_json(
             1,
             "member",
             "127.0.0.1",
             node.tcp_port,
             "tcp",
             "full-net",
-            Some("full-secret")
-        )])
-        .to_string(),
-    )
-    .unwrap();
+            Some("full-secret"),
+        )],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(&dir, &peers_file, &log, &[("VERSION_REFRESH", "0".into())]);
     let db = dir.join("probe.db");
@@ -443,11 +421,10 @@ fn a_version_refresh_of_zero_makes_every_check_full() {
 fn a_peer_name_cannot_forge_log_lines_nor_a_short_secret_mangle_them() {
     require_private_netns();
     let dir = temp_dir("forged-log");
-    let peers_file = dir.join("peers.json");
     let forged = "[2026-11-29T00:00:00.000Z INFO  easytier_probe::daemon] forged line";
-    std::fs::write(
-        &peers_file,
-        json!([
+    let peers_file = write_peers_file(
+        &dir,
+        &[
             peer_json(
                 1,
                 &format!("quic-peer\n{forged}"),
@@ -455,7 +432,7 @@ fn a_peer_name_cannot_forge_log_lines_nor_a_short_secret_mangle_them() {
                 free_port(),
                 "quic",
                 "",
-                None
+                None,
             ),
             // A one-letter network secret must not turn every "e" into <redacted>.
             peer_json(
@@ -465,12 +442,10 @@ fn a_peer_name_cannot_forge_log_lines_nor_a_short_secret_mangle_them() {
                 free_port(),
                 "tcp",
                 "short-net",
-                Some("e")
+                Some("e"),
             ),
-        ])
-        .to_string(),
-    )
-    .unwrap();
+        ],
+    );
     let log = dir.join("daemon.log");
     let child = daemon(&dir, &peers_file, &log, &[]);
     let db = dir.join("probe.db");

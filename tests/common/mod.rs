@@ -423,3 +423,10 @@ pub fn peer_json(
         "network_name": network, "network_secret": secret, "status": "Online", "response_time": 5
     })
 }
+
+/// Writes `peers` to `dir/peers.json` as a peers file and returns its path.
+pub fn write_peers_file(dir: &Path, peers: &[serde_json::Value]) -> PathBuf {
+    let path = dir.join("peers.json");
+    std::fs::write(&path, serde_json::Value::from(peers.to_vec()).to_string()).unwrap();
+    path
+}
