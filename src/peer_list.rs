@@ -90,6 +90,10 @@ impl Preparer {
     /// of peers no longer watched without building anything.
     pub fn prepare(&mut self, peers: Vec<Peer>, etag: Option<String>) -> PeerList {
         let secrets = || peers.iter().filter_map(|p| p.network_secret.as_deref());
+        // A list from the backend or a file was registered as it was
+        // validated (before any entry could be printed); this covers the
+        // cached list and `--peer` flags, and builds nothing when no secret
+        // is new.
         redact::add_network_secrets(secrets());
         let staged = redact::stage_network_secrets(secrets());
         let mut stored = Vec::with_capacity(peers.len());

@@ -209,8 +209,7 @@ fn requeue(db: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn named_refusals_are_set_aside_shown_and_requeued_while_running() {
     require_private_netns();
-    let port = free_port();
-    let backend = Backend::start(vec![refused_peer(1, port), refused_peer(2, port)]);
+    let backend = two_refused_peers();
     backend.reports.set(|f| {
         f.refuse = Some(|r| r["peer_id"] == 2);
         f.name_refused = true;
@@ -308,6 +307,13 @@ fn named_refusals_are_set_aside_shown_and_requeued_while_running() {
     assert_no_secret(&daemon.log());
 }
 
+/// A backend listing two peers on one port where nothing listens: every
+/// check is a quick Offline, so results pile up fast.
+fn two_refused_peers() -> Backend {
+    let port = free_port();
+    Backend::start(vec![refused_peer(1, port), refused_peer(2, port)])
+}
+
 /// Waits until the outbox holds at least `n` results while reports with
 /// results fail (500), then returns them.
 fn build_backlog(backend: &Backend, db: &Path, n: usize) -> BTreeSet<i64> {
@@ -321,8 +327,7 @@ fn build_backlog(backend: &Backend, db: &Path, n: usize) -> BTreeSet<i64> {
 #[test]
 fn unnamed_refusals_are_found_by_halves_and_only_lone_ones_set_aside() {
     require_private_netns();
-    let port = free_port();
-    let backend = Backend::start(vec![refused_peer(1, port), refused_peer(2, port)]);
+    let backend = two_refused_peers();
     let dir = temp_dir("unnamed");
     let args = daemon_args(&backend, &dir, &["--report-batch-size", "8"]);
     let mut daemon = Daemon::start(&dir, &args, &[]);
@@ -386,8 +391,7 @@ fn unnamed_refusals_are_found_by_halves_and_only_lone_ones_set_aside() {
 #[test]
 fn a_413_halves_the_batch_and_the_smaller_size_stays() {
     require_private_netns();
-    let port = free_port();
-    let backend = Backend::start(vec![refused_peer(1, port), refused_peer(2, port)]);
+    let backend = two_refused_peers();
     let dir = temp_dir("too-large");
     let args = daemon_args(&backend, &dir, &["--report-batch-size", "16"]);
     let mut daemon = Daemon::start(&dir, &args, &[]);
@@ -691,8 +695,7 @@ fn sighup_bursts_collapse_into_one_fetch_and_wait_for_the_backoff() {
 #[test]
 fn kill_9_at_several_points_of_a_replay_loses_nothing_acknowledged() {
     require_private_netns();
-    let port = free_port();
-    let backend = Backend::start(vec![refused_peer(1, port), refused_peer(2, port)]);
+    let backend = two_refused_peers();
     let dir = temp_dir("kill9-replay");
     let args = daemon_args(&backend, &dir, &["--report-batch-size", "2"]);
     for (round, advance) in [1usize, 3, 6].into_iter().enumerate() {
